@@ -1,0 +1,479 @@
+//! In-memory dispatch state of the inbound stream.
+//!
+//! The queue holds a window of the pending records (the oldest ones, in log order), grouped
+//! by key. A key is *ready* when it has records and its oldest record is not held by a
+//! stream; only ready keys are handed out, and only their oldest record, which gives per-key
+//! order and per-key in-flight exclusion. Records newer than the window wait in the log
+//! (`spilled`) and are loaded in log order as the window drains.
+
+use bytes::Bytes;
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// Limits of the in-memory window.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Window {
+    /// Most records held in memory.
+    pub(crate) max_records: usize,
+    /// Most payload bytes held in memory (a single larger record is still admitted alone).
+    pub(crate) max_bytes: usize,
+}
+
+/// Who holds a record: a delivery token and the stream it was handed to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Holder {
+    token: u64,
+    stream: u64,
+}
+
+/// A pending record held in memory.
+#[derive(Debug)]
+struct Pending {
+    id: i64,
+    payload: Bytes,
+    /// Deliveries so far, as persisted in the log.
+    attempts: u32,
+    holder: Option<Holder>,
+}
+
+/// A record handed to a stream.
+#[derive(Debug)]
+pub(crate) struct Handout {
+    pub(crate) key: Arc<str>,
+    pub(crate) id: i64,
+    pub(crate) payload: Bytes,
+    /// The attempt number of this delivery (deliveries so far, this one included).
+    pub(crate) attempt: u32,
+    pub(crate) token: u64,
+}
+
+/// A record read back from the log.
+#[derive(Debug)]
+pub(crate) struct Stored {
+    pub(crate) id: i64,
+    pub(crate) key: Arc<str>,
+    pub(crate) payload: Bytes,
+    pub(crate) attempts: u32,
+}
+
+/// What an ack found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum AckOutcome {
+    /// The record was removed from memory.
+    Removed,
+    /// The record is no longer pending (acked through another delivery).
+    Gone,
+    /// The record was released and handed to another stream meanwhile.
+    HeldElsewhere,
+}
+
+/// The dispatch state; guarded by a mutex in [`super::Shared`].
+#[derive(Debug)]
+pub(crate) struct Queue {
+    keys: HashMap<Arc<str>, VecDeque<Pending>>,
+    /// Keys whose oldest record can be handed out, oldest-ready first.
+    ready: VecDeque<Arc<str>>,
+    /// Keys held by each open stream.
+    held: HashMap<u64, HashSet<Arc<str>>>,
+    records: usize,
+    bytes: usize,
+    window: Window,
+    /// Every record with an id up to this one is in memory or acked.
+    loaded_up_to: i64,
+    /// Some records newer than `loaded_up_to` are only in the log.
+    spilled: bool,
+    next_token: u64,
+    next_stream: u64,
+    /// The consumer group of the open streams, with their count.
+    group: Option<(String, usize)>,
+    closed: bool,
+}
+
+impl Queue {
+    /// An empty queue; `spilled` tells whether the log holds records to load.
+    pub(crate) fn new(window: Window, spilled: bool) -> Self {
+        Queue {
+            keys: HashMap::new(),
+            ready: VecDeque::new(),
+            held: HashMap::new(),
+            records: 0,
+            bytes: 0,
+            window: Window {
+                max_records: window.max_records.max(1),
+                max_bytes: window.max_bytes.max(1),
+            },
+            loaded_up_to: 0,
+            spilled,
+            next_token: 1,
+            next_stream: 1,
+            group: None,
+            closed: false,
+        }
+    }
+
+    /// Marks the queue closed: streams get `Closed` from now on.
+    pub(crate) fn close(&mut self) {
+        self.closed = true;
+    }
+
+    /// Whether [`Queue::close`] was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed
+    }
+
+    /// Records held in memory.
+    pub(crate) fn records_in_memory(&self) -> usize {
+        self.records
+    }
+
+    /// Whether a key is ready to be handed out.
+    pub(crate) fn has_ready(&self) -> bool {
+        !self.ready.is_empty()
+    }
+
+    fn fits(&self, len: usize) -> bool {
+        self.records == 0
+            || (self.records < self.window.max_records
+                && self.bytes.saturating_add(len) <= self.window.max_bytes)
+    }
+
+    /// Appends a record at the end of its key; returns whether the key became ready.
+    fn push(&mut self, key: Arc<str>, id: i64, payload: Bytes, attempts: u32) -> bool {
+        self.records += 1;
+        self.bytes = self.bytes.saturating_add(payload.len());
+        self.loaded_up_to = id;
+        let pending = Pending {
+            id,
+            payload,
+            attempts,
+            holder: None,
+        };
+        match self.keys.get_mut(&key) {
+            Some(records) => {
+                records.push_back(pending);
+                false
+            }
+            None => {
+                let mut records = VecDeque::with_capacity(1);
+                records.push_back(pending);
+                self.keys.insert(key.clone(), records);
+                self.ready.push_back(key);
+                true
+            }
+        }
+    }
+
+    /// A record was committed to the log: keep it in memory if the window allows and no
+    /// older record waits in the log. Returns whether its key became ready.
+    pub(crate) fn committed(&mut self, key: Arc<str>, id: i64, payload: Bytes) -> bool {
+        if !self.spilled && self.fits(payload.len()) {
+            self.push(key, id, payload, 0)
+        } else {
+            self.spilled = true;
+            false
+        }
+    }
+
+    /// Records newer than the window may be in the log: read them back before admitting new
+    /// ones into memory.
+    pub(crate) fn mark_spilled(&mut self) {
+        self.spilled = true;
+    }
+
+    /// Whether records should be loaded from the log (the window is at most half full).
+    pub(crate) fn needs_load(&self) -> bool {
+        self.spilled
+            && (self.records == 0
+                || (self.records.saturating_mul(2) <= self.window.max_records
+                    && self.bytes.saturating_mul(2) <= self.window.max_bytes))
+    }
+
+    /// Where to load from: records after this id, at most `limit` of them.
+    pub(crate) fn load_range(&self, cap: usize) -> (i64, usize) {
+        let room = self.window.max_records.saturating_sub(self.records).max(1);
+        (self.loaded_up_to, room.min(cap.max(1)))
+    }
+
+    /// Appends records read from the log after `loaded_up_to`, in id order, as far as the
+    /// window allows. `exhausted` says the read returned every remaining record. Returns
+    /// (records appended, keys that became ready).
+    pub(crate) fn loaded(&mut self, rows: Vec<Stored>, exhausted: bool) -> (usize, usize) {
+        let total = rows.len();
+        let mut appended = 0;
+        let mut became_ready = 0;
+        for row in rows {
+            if row.id <= self.loaded_up_to {
+                // Already in memory (cannot happen with a single writer; kept for safety).
+                appended += 1;
+                continue;
+            }
+            if !self.fits(row.payload.len()) {
+                break;
+            }
+            if self.push(row.key, row.id, row.payload, row.attempts) {
+                became_ready += 1;
+            }
+            appended += 1;
+        }
+        if exhausted && appended == total {
+            self.spilled = false;
+        }
+        (appended, became_ready)
+    }
+
+    /// Registers a stream of `group`. Errors when another group has open streams.
+    pub(crate) fn open_stream(&mut self, group: &str) -> Result<u64, String> {
+        match &mut self.group {
+            Some((active, count)) if *count > 0 => {
+                if active != group {
+                    return Err(format!(
+                        "the embedded broker serves one consumer group at a time: \
+                         `{active}` has open streams, `{group}` was requested"
+                    ));
+                }
+                *count += 1;
+            }
+            _ => self.group = Some((group.to_owned(), 1)),
+        }
+        let id = self.next_stream;
+        self.next_stream += 1;
+        self.held.insert(id, HashSet::new());
+        Ok(id)
+    }
+
+    /// Unregisters a stream and releases its unacked records; returns how many keys became
+    /// ready.
+    pub(crate) fn close_stream(&mut self, stream: u64) -> usize {
+        if let Some((_, count)) = &mut self.group {
+            *count = count.saturating_sub(1);
+        }
+        let Some(keys) = self.held.remove(&stream) else {
+            return 0;
+        };
+        let mut released = 0;
+        for key in keys {
+            if let Some(head) = self.keys.get_mut(&key).and_then(|r| r.front_mut())
+                && head.holder.is_some_and(|h| h.stream == stream)
+            {
+                head.holder = None;
+                self.ready.push_back(key);
+                released += 1;
+            }
+        }
+        released
+    }
+
+    /// Hands up to `max` records (the oldest of distinct ready keys) to `stream`.
+    pub(crate) fn take(&mut self, stream: u64, max: usize) -> Vec<Handout> {
+        let mut out = Vec::with_capacity(max.min(self.ready.len()));
+        while out.len() < max {
+            let Some(key) = self.ready.pop_front() else {
+                break;
+            };
+            let Some(head) = self.keys.get_mut(&key).and_then(|r| r.front_mut()) else {
+                continue;
+            };
+            if head.holder.is_some() {
+                continue;
+            }
+            let token = self.next_token;
+            self.next_token += 1;
+            head.holder = Some(Holder { token, stream });
+            head.attempts = head.attempts.saturating_add(1);
+            out.push(Handout {
+                key: key.clone(),
+                id: head.id,
+                payload: head.payload.clone(),
+                attempt: head.attempts,
+                token,
+            });
+            self.held.entry(stream).or_default().insert(key);
+        }
+        out
+    }
+
+    /// Acks a delivery: removes the record and readies the key's next one. Returns the
+    /// outcome and whether the key became ready.
+    pub(crate) fn ack(&mut self, key: &str, id: i64, token: u64) -> (AckOutcome, bool) {
+        let Some(records) = self.keys.get_mut(key) else {
+            return (AckOutcome::Gone, false);
+        };
+        let Some(head) = records.front() else {
+            return (AckOutcome::Gone, false);
+        };
+        if head.id != id {
+            return (AckOutcome::Gone, false);
+        }
+        let holder = head.holder;
+        if holder.is_some_and(|h| h.token != token) {
+            return (AckOutcome::HeldElsewhere, false);
+        }
+        let Some(removed) = records.pop_front() else {
+            return (AckOutcome::Gone, false);
+        };
+        self.records = self.records.saturating_sub(1);
+        self.bytes = self.bytes.saturating_sub(removed.payload.len());
+        let more = !records.is_empty();
+        let key_arc = self.keys.get_key_value(key).map(|(k, _)| k.clone());
+        match holder {
+            Some(h) => {
+                if let Some(held) = self.held.get_mut(&h.stream) {
+                    held.remove(key);
+                }
+            }
+            None => {
+                // Released and not yet handed out again: the key sits in `ready`.
+                if !more {
+                    self.ready.retain(|k| &**k != key);
+                }
+            }
+        }
+        if !more {
+            self.keys.remove(key);
+            return (AckOutcome::Removed, false);
+        }
+        match (holder, key_arc) {
+            (Some(_), Some(k)) => {
+                self.ready.push_back(k);
+                (AckOutcome::Removed, true)
+            }
+            _ => (AckOutcome::Removed, false),
+        }
+    }
+
+    /// Releases a delivery (nack, or a batch that was not handed over): the record becomes
+    /// ready again, before the key's later records. `uncount` takes the delivery back from
+    /// the attempt count (it was never recorded). Returns whether the key became ready.
+    pub(crate) fn release(&mut self, key: &str, id: i64, token: u64, uncount: bool) -> bool {
+        let Some((key_arc, records)) = self.keys.get_key_value(key) else {
+            return false;
+        };
+        let key_arc = key_arc.clone();
+        let Some(head) = records.front() else {
+            return false;
+        };
+        let Some(holder) = head.holder else {
+            return false;
+        };
+        if head.id != id || holder.token != token {
+            return false;
+        }
+        if let Some(head) = self.keys.get_mut(key).and_then(|r| r.front_mut()) {
+            head.holder = None;
+            if uncount {
+                head.attempts = head.attempts.saturating_sub(1);
+            }
+        }
+        if let Some(held) = self.held.get_mut(&holder.stream) {
+            held.remove(key);
+        }
+        self.ready.push_back(key_arc);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn queue(max_records: usize) -> Queue {
+        Queue::new(
+            Window {
+                max_records,
+                max_bytes: usize::MAX,
+            },
+            false,
+        )
+    }
+
+    fn commit(q: &mut Queue, key: &str, id: i64) -> bool {
+        q.committed(Arc::from(key), id, Bytes::from(format!("{key}{id}")))
+    }
+
+    #[test]
+    fn one_record_per_key_in_flight() {
+        let mut q = queue(100);
+        commit(&mut q, "a", 1);
+        commit(&mut q, "a", 2);
+        commit(&mut q, "b", 3);
+        let s = q.open_stream("g").unwrap();
+        let first = q.take(s, 10);
+        let ids: Vec<i64> = first.iter().map(|h| h.id).collect();
+        assert_eq!(ids, vec![1, 3]);
+        assert!(q.take(s, 10).is_empty());
+        let (outcome, ready) = q.ack("a", 1, first[0].token);
+        assert_eq!(outcome, AckOutcome::Removed);
+        assert!(ready);
+        let next = q.take(s, 10);
+        assert_eq!(next.len(), 1);
+        assert_eq!(next[0].id, 2);
+        assert_eq!(next[0].attempt, 1);
+    }
+
+    #[test]
+    fn release_redelivers_before_later_records() {
+        let mut q = queue(100);
+        commit(&mut q, "a", 1);
+        commit(&mut q, "a", 2);
+        let s = q.open_stream("g").unwrap();
+        let h = q.take(s, 10).remove(0);
+        assert!(q.release("a", h.id, h.token, false));
+        let again = q.take(s, 10);
+        assert_eq!(again.len(), 1);
+        assert_eq!((again[0].id, again[0].attempt), (1, 2));
+        // The stale token no longer settles anything.
+        assert_eq!(q.ack("a", 1, h.token).0, AckOutcome::HeldElsewhere);
+    }
+
+    #[test]
+    fn closing_a_stream_releases_its_records() {
+        let mut q = queue(100);
+        commit(&mut q, "a", 1);
+        let s1 = q.open_stream("g").unwrap();
+        let s2 = q.open_stream("g").unwrap();
+        assert_eq!(q.take(s1, 10).len(), 1);
+        assert!(q.take(s2, 10).is_empty());
+        assert_eq!(q.close_stream(s1), 1);
+        let h = q.take(s2, 10);
+        assert_eq!((h[0].id, h[0].attempt), (1, 2));
+    }
+
+    #[test]
+    fn another_group_is_refused_while_one_is_open() {
+        let mut q = queue(100);
+        let s = q.open_stream("g").unwrap();
+        assert!(q.open_stream("h").is_err());
+        q.close_stream(s);
+        assert!(q.open_stream("h").is_ok());
+    }
+
+    #[test]
+    fn window_spills_and_loads_in_order() {
+        let mut q = queue(2);
+        commit(&mut q, "a", 1);
+        commit(&mut q, "a", 2);
+        commit(&mut q, "a", 3);
+        assert_eq!(q.records_in_memory(), 2);
+        assert!(!q.needs_load());
+        let s = q.open_stream("g").unwrap();
+        let h = q.take(s, 1).remove(0);
+        q.ack("a", h.id, h.token);
+        assert!(q.needs_load());
+        assert_eq!(q.load_range(100), (2, 1));
+        let row = Stored {
+            id: 3,
+            key: Arc::from("a"),
+            payload: Bytes::from_static(b"a3"),
+            attempts: 4,
+        };
+        assert_eq!(q.loaded(vec![row], true), (1, 0));
+        assert!(!q.needs_load());
+        // A record committed now stays in memory behind the loaded ones once there is room.
+        let h = q.take(s, 1).remove(0);
+        assert_eq!(h.id, 2);
+        q.ack("a", 2, h.token);
+        assert!(!commit(&mut q, "a", 4));
+        let h = q.take(s, 1).remove(0);
+        assert_eq!((h.id, h.attempt), (3, 5));
+    }
+}

@@ -1,0 +1,211 @@
+//! Roomcast's durable bus.
+//!
+//! # Layout
+//! - this file: the traits every backend implements, with the delivery contract in their
+//!   documentation, and [`BrokerError`].
+//! - [`embedded`]: the default backend, a durable log in SQLite inside the Roomcast process.
+//! - `testkit` (feature `testkit`): the contract test suite that every backend must pass.
+//! - [`connect`]: opens the backend named by a broker URL.
+//!
+//! # Delivery contract
+//! There are two streams.
+//!
+//! **Inbound** (gateway → worker) carries [`InboundEvent`](roomcast_schemas::InboundEvent)s,
+//! durable and at-least-once:
+//! 1. [`EventPublisher::publish`] returns `Ok` only after the broker has stored the record
+//!    durably (committed to disk, or confirmed by the broker). An `Err` means the record may or
+//!    may not be stored: the caller must not report success and may retry with the same record.
+//! 2. Records are consumed by competing consumers of one group ([`EventConsumer::consume`]).
+//!    A record stays in the stream until a consumer acks it; a record delivered but never acked
+//!    (nack, consumer dropped, process crash, restart) is delivered again. Consumers must
+//!    therefore be idempotent (the worker deduplicates by event id).
+//! 3. Order per key: records published with the same key (the room) are delivered in publish
+//!    order, and a key's records are never processed by two consumers at once: a record of a
+//!    key is not handed out while an earlier record of the same key is delivered and not yet
+//!    acked, so a redelivery always comes before the key's later records.
+//! 4. [`Delivery::attempt`] counts deliveries of the record (1 on the first), so consumers can
+//!    dead-letter records that keep failing ([`DeadLetterSink`]).
+//!
+//! **Fan-out** (worker → gateways) carries [`FanoutMessage`](roomcast_schemas::FanoutMessage)s,
+//! transient and best-effort: a subscriber receives the messages of the rooms it subscribed to,
+//! per room in publish order, while it is subscribed. Messages may be lost on overload or
+//! reconnection; the subscription then yields [`FanoutEvent::Gap`] and the gateway recovers
+//! the missed messages from the store. Durability lives in the inbound stream and the store,
+//! never in fan-out.
+
+mod connect;
+pub mod embedded;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use std::sync::Arc;
+use thiserror::Error;
+
+pub use connect::{connect, redact_url};
+pub use embedded::{EmbeddedBroker, EmbeddedOptions, EmbeddedStats};
+
+/// A broker failure. Messages are for logs; clients only ever see `unavailable`.
+#[derive(Debug, Error)]
+pub enum BrokerError {
+    /// The broker could not be reached or the connection was lost.
+    #[error("broker unavailable: {0}")]
+    Unavailable(String),
+    /// The broker refused the operation (negative confirm, quota, bad name).
+    #[error("broker rejected the operation: {0}")]
+    Rejected(String),
+    /// The backend's storage failed.
+    #[error("broker storage error: {0}")]
+    Storage(#[from] sqlx::Error),
+    /// The broker URL or settings are invalid.
+    #[error("invalid broker configuration: {0}")]
+    Config(String),
+    /// The broker, stream or subscription was closed.
+    #[error("broker closed")]
+    Closed,
+}
+
+/// Durable publishing of inbound events (the gateway's side of the inbound stream).
+#[async_trait]
+pub trait EventPublisher: Send + Sync {
+    /// Stores `payload` under `key` (the room) and returns once it is durable.
+    ///
+    /// Many calls may be in flight at once; a backend batches them (group commit, pipelined
+    /// confirms) but confirms each only after it is durable. Records published by one caller
+    /// one after another, each awaited, keep their order per key.
+    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError>;
+}
+
+/// Competing-consumer consumption of the inbound stream (the worker's side).
+#[async_trait]
+pub trait EventConsumer: Send + Sync {
+    /// Joins the consumer group `group` and returns a stream of deliveries. Several streams of
+    /// one group share the records between them; each record goes to one stream at a time.
+    async fn consume(&self, group: &str) -> Result<Box<dyn EventStream>, BrokerError>;
+}
+
+/// A consumer's stream of deliveries. Dropping it releases its unacked deliveries for
+/// redelivery.
+#[async_trait]
+pub trait EventStream: Send {
+    /// Waits for at least one delivery and returns up to `max` that are ready, in order.
+    ///
+    /// Cancel-safe: dropping the future before it completes (e.g. in a `select!` with a
+    /// shutdown signal) loses no record; whatever it had picked is delivered again.
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<Delivery>, BrokerError>;
+}
+
+/// How a delivery is settled; implemented by each backend.
+#[async_trait]
+pub trait Settle: Send + Sync {
+    /// The record is processed: remove it from the stream.
+    async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
+    /// The record was not processed: deliver it again (before the key's later records).
+    async fn nack(self: Box<Self>) -> Result<(), BrokerError>;
+}
+
+/// One record handed to a consumer; settle it with [`Delivery::ack`] or [`Delivery::nack`].
+pub struct Delivery {
+    /// The key it was published with (the room).
+    pub key: String,
+    /// The payload as published.
+    pub payload: Bytes,
+    /// How many times this record has been delivered, this delivery included (1 at first).
+    pub attempt: u32,
+    settle: Box<dyn Settle>,
+}
+
+impl std::fmt::Debug for Delivery {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Delivery")
+            .field("key", &self.key)
+            .field("payload_len", &self.payload.len())
+            .field("attempt", &self.attempt)
+            .finish()
+    }
+}
+
+impl Delivery {
+    /// Builds a delivery; for backend implementations.
+    pub fn new(key: String, payload: Bytes, attempt: u32, settle: Box<dyn Settle>) -> Self {
+        Delivery {
+            key,
+            payload,
+            attempt,
+            settle,
+        }
+    }
+
+    /// Acknowledges the record: it will not be delivered again.
+    pub async fn ack(self) -> Result<(), BrokerError> {
+        self.settle.ack().await
+    }
+
+    /// Rejects the record for now: it will be delivered again.
+    pub async fn nack(self) -> Result<(), BrokerError> {
+        self.settle.nack().await
+    }
+}
+
+/// Where events that cannot be processed go, with the reason.
+#[async_trait]
+pub trait DeadLetterSink: Send + Sync {
+    /// Stores a [`DeadLetter`](roomcast_schemas::DeadLetter) document durably.
+    async fn dead_letter(&self, key: &str, payload: Bytes) -> Result<(), BrokerError>;
+}
+
+/// Publishing of fan-out messages (the worker's side of fan-out).
+#[async_trait]
+pub trait FanoutPublisher: Send + Sync {
+    /// Publishes `payload` for the subscribers of `room`; returns once the broker accepted it.
+    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError>;
+}
+
+/// What a fan-out subscription yields.
+#[derive(Debug, Clone)]
+pub enum FanoutEvent {
+    /// A message of a subscribed room.
+    Message {
+        /// Room name.
+        room: Arc<str>,
+        /// The [`FanoutMessage`](roomcast_schemas::FanoutMessage) as published.
+        payload: Bytes,
+    },
+    /// Messages may have been missed (overload, reconnection): recover from the store.
+    Gap,
+}
+
+/// A gateway's subscription to fan-out messages, by room.
+#[async_trait]
+pub trait FanoutSubscription: Send + Sync {
+    /// Starts receiving `room`'s messages; returns once the subscription is in effect, so
+    /// that every message published afterwards is received. Idempotent.
+    async fn subscribe(&self, room: &str) -> Result<(), BrokerError>;
+    /// Stops receiving `room`'s messages. Idempotent.
+    async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError>;
+    /// Waits for the next event. `Err(Closed)` when the broker shut down.
+    async fn next(&self) -> Result<FanoutEvent, BrokerError>;
+}
+
+/// Opening fan-out subscriptions.
+#[async_trait]
+pub trait FanoutSource: Send + Sync {
+    /// Opens a new subscription with no rooms.
+    async fn open(&self) -> Result<Box<dyn FanoutSubscription>, BrokerError>;
+}
+
+/// A complete backend: both streams, dead letters and a health check.
+#[async_trait]
+pub trait Broker:
+    EventPublisher + EventConsumer + DeadLetterSink + FanoutPublisher + FanoutSource
+{
+    /// The backend's name, for logs and `/readyz` (`embedded`, `rabbitmq`, `kafka`).
+    fn name(&self) -> &'static str;
+    /// Checks that the broker is reachable.
+    async fn health(&self) -> Result<(), BrokerError>;
+    /// Shuts the broker down gracefully: finishes pending writes, releases the backend's
+    /// resources, and makes streams, subscriptions and later calls return
+    /// [`BrokerError::Closed`]. The default does nothing.
+    async fn close(&self) {}
+}

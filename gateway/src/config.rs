@@ -1,0 +1,207 @@
+//! Gateway settings.
+//!
+//! [`GatewayConfig::new`] takes the one setting without a sensible default (how tokens are
+//! verified) and fills every other field with its documented default; adjust fields directly,
+//! then call [`GatewayConfig::validate`] (the gateway does so itself on start).
+
+use crate::auth::{AuthConfig, JwtAlgorithm, VerifyKey};
+use crate::limits::LimitsConfig;
+use std::time::Duration;
+use thiserror::Error;
+
+/// Default largest accepted client text frame: 64 KiB.
+pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
+/// Default largest number of rooms one connection may hold.
+pub const DEFAULT_MAX_ROOMS_PER_CONNECTION: usize = 100;
+/// Default capacity of a connection's outbound queue, in frames.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
+/// Default WebSocket read buffer per connection, in bytes.
+pub const DEFAULT_WS_READ_BUFFER: usize = 4096;
+/// Default WebSocket write buffer per connection, in bytes.
+pub const DEFAULT_WS_WRITE_BUFFER: usize = 4096;
+/// Default number of stored messages read per history page (join with `since`, gap repair).
+pub const DEFAULT_HISTORY_PAGE: u32 = 500;
+/// Default time granted to open sessions to close on shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Default interval of the server's WebSocket pings.
+pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
+/// Default time without any frame from the client after which the connection is closed.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default time allowed for sending a close frame to a client that stopped reading.
+pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default lifetime of tokens minted by `GET /dev/token`.
+pub const DEFAULT_DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
+
+/// Smallest accepted `max_frame_bytes`: room for any well-formed control frame.
+const MIN_FRAME_BYTES: usize = 1024;
+/// Largest accepted `max_frame_bytes`.
+const MAX_FRAME_BYTES_LIMIT: usize = 16 * 1024 * 1024;
+
+/// Everything the gateway needs besides its broker and store.
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// How handshake tokens are verified (algorithm, key, issuer, audience). Its `Debug`
+    /// output redacts the key.
+    pub auth: AuthConfig,
+    /// Publish and handshake rate limits.
+    pub limits: LimitsConfig,
+    /// Largest client text frame, in bytes; a larger one gets `too_large` and close 1009.
+    pub max_frame_bytes: usize,
+    /// Most rooms one connection may hold at once; one more gets `too_many_rooms`.
+    pub max_rooms_per_connection: usize,
+    /// Capacity of each connection's outbound queue, in frames. A client that lets it fill is
+    /// closed with 4008 and resumes with `since`.
+    pub outbound_queue: usize,
+    /// WebSocket read buffer per connection, in bytes.
+    pub ws_read_buffer: usize,
+    /// WebSocket write buffer per connection, in bytes (frames are written once it fills, and
+    /// on every flush).
+    pub ws_write_buffer: usize,
+    /// Stored messages read per store query when replaying `since` or repairing a gap.
+    pub history_page: u32,
+    /// Enables `GET /dev/token`, which mints tokens with the HS256 secret. Development only.
+    pub dev_mode: bool,
+    /// Lifetime of tokens minted by `GET /dev/token`.
+    pub dev_token_ttl: Duration,
+    /// On shutdown, how long open sessions get to receive their close frame (1001) and end.
+    pub shutdown_grace: Duration,
+    /// Interval of the server's WebSocket pings (keeps idle connections alive through proxies).
+    pub ping_interval: Duration,
+    /// A connection that sends nothing (not even a pong) for this long is closed.
+    pub idle_timeout: Duration,
+    /// How long the gateway tries to send a close frame to a client that stopped reading
+    /// (slow consumer, shutdown) before dropping the connection.
+    pub close_timeout: Duration,
+}
+
+impl GatewayConfig {
+    /// A configuration with `auth` and every other field at its default.
+    pub fn new(auth: AuthConfig) -> Self {
+        GatewayConfig {
+            auth,
+            limits: LimitsConfig::default(),
+            max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_rooms_per_connection: DEFAULT_MAX_ROOMS_PER_CONNECTION,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            ws_read_buffer: DEFAULT_WS_READ_BUFFER,
+            ws_write_buffer: DEFAULT_WS_WRITE_BUFFER,
+            history_page: DEFAULT_HISTORY_PAGE,
+            dev_mode: false,
+            dev_token_ttl: DEFAULT_DEV_TOKEN_TTL,
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            ping_interval: DEFAULT_PING_INTERVAL,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            close_timeout: DEFAULT_CLOSE_TIMEOUT,
+        }
+    }
+
+    /// Checks that the settings can work together; the error names the field and the fix.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.max_frame_bytes < MIN_FRAME_BYTES || self.max_frame_bytes > MAX_FRAME_BYTES_LIMIT {
+            return Err(ConfigError(format!(
+                "max_frame_bytes must be between {MIN_FRAME_BYTES} and {MAX_FRAME_BYTES_LIMIT} (got {})",
+                self.max_frame_bytes
+            )));
+        }
+        if self.max_rooms_per_connection == 0 {
+            return Err(ConfigError("max_rooms_per_connection must be at least 1".into()));
+        }
+        if self.outbound_queue == 0 {
+            return Err(ConfigError("outbound_queue must be at least 1 frame".into()));
+        }
+        if self.ws_read_buffer < 256 {
+            return Err(ConfigError(format!(
+                "ws_read_buffer must be at least 256 bytes (got {})",
+                self.ws_read_buffer
+            )));
+        }
+        if self.history_page == 0 {
+            return Err(ConfigError("history_page must be at least 1".into()));
+        }
+        if self.ping_interval.is_zero() {
+            return Err(ConfigError("ping_interval must be greater than zero".into()));
+        }
+        if self.idle_timeout <= self.ping_interval {
+            return Err(ConfigError(format!(
+                "idle_timeout ({:?}) must be longer than ping_interval ({:?}), or clients that only listen are disconnected",
+                self.idle_timeout, self.ping_interval
+            )));
+        }
+        if self.close_timeout.is_zero() {
+            return Err(ConfigError("close_timeout must be greater than zero".into()));
+        }
+        if self.dev_mode {
+            let hs256_secret = matches!(
+                (&self.auth.algorithm, &self.auth.key),
+                (JwtAlgorithm::Hs256, VerifyKey::Secret(s)) if !s.is_empty()
+            );
+            if !hs256_secret {
+                return Err(ConfigError(
+                    "dev_mode mints tokens with the HS256 secret: it needs HS256 auth with a secret".into(),
+                ));
+            }
+            if self.dev_token_ttl.is_zero() {
+                return Err(ConfigError("dev_token_ttl must be greater than zero".into()));
+            }
+        }
+        Ok(())
+    }
+
+    /// The WebSocket message size limit handed to the protocol layer: a little above
+    /// `max_frame_bytes`, so that a frame just over the limit is still read and answered with
+    /// `too_large` instead of failing the connection in the protocol layer.
+    pub(crate) fn ws_max_message_size(&self) -> usize {
+        self.max_frame_bytes + self.max_frame_bytes / 4 + 1024
+    }
+}
+
+/// A gateway setting that cannot work.
+#[derive(Debug, Clone, PartialEq, Eq, Error)]
+#[error("invalid gateway configuration: {0}")]
+pub struct ConfigError(pub String);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config() -> GatewayConfig {
+        GatewayConfig::new(AuthConfig {
+            algorithm: JwtAlgorithm::Hs256,
+            key: VerifyKey::Secret(b"0123456789abcdef0123456789abcdef".to_vec()),
+            issuer: None,
+            audience: None,
+            leeway_secs: 0,
+        })
+    }
+
+    #[test]
+    fn defaults_are_valid() {
+        assert_eq!(config().validate(), Ok(()));
+    }
+
+    #[test]
+    fn rejects_zero_queue_and_tiny_frames() {
+        let mut c = config();
+        c.outbound_queue = 0;
+        assert!(c.validate().unwrap_err().0.contains("outbound_queue"));
+        let mut c = config();
+        c.max_frame_bytes = 10;
+        assert!(c.validate().unwrap_err().0.contains("max_frame_bytes"));
+    }
+
+    #[test]
+    fn dev_mode_needs_hs256() {
+        let mut c = config();
+        c.dev_mode = true;
+        assert_eq!(c.validate(), Ok(()));
+        c.auth.algorithm = JwtAlgorithm::Rs256;
+        c.auth.key = VerifyKey::PublicPem("-----BEGIN PUBLIC KEY-----".into());
+        assert!(c.validate().unwrap_err().0.contains("dev_mode"));
+    }
+
+    #[test]
+    fn debug_redacts_the_secret() {
+        let text = format!("{:?}", config());
+        assert!(!text.contains("0123456789abcdef"), "{text}");
+    }
+}

@@ -1,0 +1,356 @@
+//! The HTTP side of the gateway: routes, the WebSocket handshake, and serving with graceful
+//! shutdown.
+//!
+//! | route | answer |
+//! | --- | --- |
+//! | `GET /ws` | WebSocket upgrade after the per-IP handshake limit (429) and token check (401) |
+//! | `GET /healthz` | 200 while the process runs |
+//! | `GET /readyz` | 200 when the broker and the store answer, else 503 |
+//! | `GET /` | the chat page |
+//! | `GET /dev/token?sub=NAME[&rooms=a,b]` | a token minted with the HS256 secret; `dev_mode` only |
+
+use crate::auth::{AuthError, Minter, Verifier, VerifyKey, token_from_request};
+use crate::config::GatewayConfig;
+use crate::error::GatewayError;
+use crate::limits::Limits;
+use crate::rooms::Rooms;
+use crate::{fanout, session};
+use axum::Json;
+use axum::extract::rejection::QueryRejection;
+use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
+use axum::extract::{ConnectInfo, Query, RawQuery, State};
+use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use roomcast_broker::Broker;
+use roomcast_worker::Store;
+use serde::Deserialize;
+use serde_json::json;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tower_http::trace::TraceLayer;
+
+/// The chat page served at `GET /`.
+const CHAT_PAGE: &str = include_str!("../assets/chat.html");
+/// How long `/readyz` waits for the broker and the store.
+const READY_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often idle rate-limit keys are forgotten.
+const HOUSEKEEP_EVERY: Duration = Duration::from_secs(60);
+
+/// State shared by every request and connection of one gateway.
+pub(crate) struct Shared {
+    pub(crate) config: GatewayConfig,
+    pub(crate) verifier: Verifier,
+    pub(crate) limits: Limits,
+    pub(crate) broker: Arc<dyn Broker>,
+    pub(crate) store: Store,
+    pub(crate) rooms: Arc<Rooms>,
+    minter: Option<Minter>,
+    /// Tracks open sessions, so that shutdown can wait for them.
+    pub(crate) sessions: TaskTracker,
+    /// Cancelled on shutdown: sessions close with 1001.
+    pub(crate) sessions_stop: CancellationToken,
+    /// Background tasks (fan-out, housekeeping).
+    background: TaskTracker,
+    background_stop: CancellationToken,
+    next_conn: AtomicU64,
+}
+
+/// A running gateway: routes, sessions, the fan-out task. Cheap to clone.
+#[derive(Clone)]
+pub struct Gateway {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for Gateway {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gateway")
+            .field("broker", &self.shared.broker.name())
+            .field("sessions", &self.shared.sessions.len())
+            .field("rooms", &self.shared.rooms.room_count())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Gateway {
+    /// Validates `config`, opens the fan-out subscription on `broker` and starts the fan-out
+    /// task. Serve it with [`serve`] (or mount [`Gateway::router`] yourself and call
+    /// [`Gateway::shutdown`]).
+    pub async fn new(config: GatewayConfig, broker: Arc<dyn Broker>, store: Store) -> Result<Gateway, GatewayError> {
+        config.validate()?;
+        let verifier = Verifier::new(&config.auth)?;
+        let minter = match (&config.dev_mode, &config.auth.key) {
+            (true, VerifyKey::Secret(secret)) => Some(Minter::hs256(secret)),
+            _ => None,
+        };
+        let limits = Limits::new(&config.limits);
+        let subscription: Arc<dyn roomcast_broker::FanoutSubscription> = Arc::from(broker.open().await?);
+        let rooms = Arc::new(Rooms::new(subscription.clone()));
+        let shared = Arc::new(Shared {
+            config,
+            verifier,
+            limits,
+            broker,
+            store,
+            rooms: rooms.clone(),
+            minter,
+            sessions: TaskTracker::new(),
+            sessions_stop: CancellationToken::new(),
+            background: TaskTracker::new(),
+            background_stop: CancellationToken::new(),
+            next_conn: AtomicU64::new(1),
+        });
+        shared.background.spawn(fanout::run(subscription, rooms, shared.background_stop.clone()));
+        let housekeeping = Arc::downgrade(&shared);
+        let stop = shared.background_stop.clone();
+        shared.background.spawn(async move {
+            let mut every = tokio::time::interval(HOUSEKEEP_EVERY);
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = every.tick() => {}
+                }
+                match housekeeping.upgrade() {
+                    Some(shared) => shared.limits.housekeep(),
+                    None => return,
+                }
+            }
+        });
+        Ok(Gateway { shared })
+    }
+
+    /// The gateway's routes. Serve them with connect info
+    /// (`into_make_service_with_connect_info::<SocketAddr>()`): the handshake limit is per
+    /// client IP.
+    pub fn router(&self) -> Router {
+        Router::new()
+            .route("/ws", get(ws_handler))
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .route("/", get(chat_page))
+            .route("/dev/token", get(dev_token))
+            .layer(
+                // Spans carry the path only: the query of `/ws` may hold `access_token`.
+                TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
+                    tracing::info_span!("http", method = %request.method(), path = %request.uri().path())
+                }),
+            )
+            .with_state(self.shared.clone())
+    }
+
+    /// Number of open WebSocket sessions.
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions.len()
+    }
+
+    /// Number of rooms with local members.
+    pub fn room_count(&self) -> usize {
+        self.shared.rooms.room_count()
+    }
+
+    /// How many connections were closed as slow consumers.
+    pub fn slow_consumers_closed(&self) -> u64 {
+        self.shared.rooms.overflows()
+    }
+
+    /// Starts closing: new handshakes get 503 and every open session is sent close 1001.
+    pub fn begin_shutdown(&self) {
+        self.shared.sessions.close();
+        self.shared.sessions_stop.cancel();
+    }
+
+    /// Closes every session (1001), waits for them up to `shutdown_grace`, then stops the
+    /// fan-out task. Idempotent.
+    pub async fn shutdown(&self) {
+        self.begin_shutdown();
+        let grace = self.shared.config.shutdown_grace;
+        if tokio::time::timeout(grace, self.shared.sessions.wait()).await.is_err() {
+            tracing::warn!(open = self.shared.sessions.len(), "sessions still open after the shutdown grace period");
+        }
+        self.shared.background.close();
+        self.shared.background_stop.cancel();
+        let _ = tokio::time::timeout(grace, self.shared.background.wait()).await;
+    }
+}
+
+/// Serves `gateway` on `listener` until `shutdown` completes, then stops accepting, closes
+/// every session with 1001, waits for them (bounded by `shutdown_grace`) and stops the
+/// gateway's background tasks.
+pub async fn serve(
+    listener: TcpListener,
+    gateway: Gateway,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), GatewayError> {
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(%addr, "gateway listening");
+    }
+    let stopping = CancellationToken::new();
+    let app = gateway.router().into_make_service_with_connect_info::<SocketAddr>();
+    let server = axum::serve(listener, app).with_graceful_shutdown(stopping.clone().cancelled_owned());
+    let mut server = std::pin::pin!(server.into_future());
+    let early = tokio::select! {
+        result = &mut server => Some(result),
+        () = shutdown => None,
+    };
+    let result = match early {
+        Some(result) => {
+            gateway.shutdown().await;
+            result.map_err(GatewayError::Serve)
+        }
+        None => {
+            tracing::info!("gateway shutting down");
+            stopping.cancel();
+            gateway.begin_shutdown();
+            // Plain HTTP requests finish; upgraded connections are the sessions below.
+            let grace = gateway.shared.config.shutdown_grace;
+            let served = tokio::time::timeout(grace, &mut server).await;
+            gateway.shutdown().await;
+            match served {
+                Ok(result) => result.map_err(GatewayError::Serve),
+                Err(_) => Ok(()),
+            }
+        }
+    };
+    tracing::info!("gateway stopped");
+    result
+}
+
+fn json_error(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
+    (status, Json(json!({ "error": error, "message": message.into() }))).into_response()
+}
+
+async fn ws_handler(
+    State(shared): State<Arc<Shared>>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+    RawQuery(query): RawQuery,
+    upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
+) -> Response {
+    if shared.sessions_stop.is_cancelled() {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server is shutting down");
+    }
+    if let Err(limited) = shared.limits.check_handshake(peer.ip()) {
+        let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
+        let mut response = json_error(
+            StatusCode::TOO_MANY_REQUESTS,
+            "rate_limited",
+            "too many connection attempts from this address; retry later",
+        );
+        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return response;
+    }
+    let Some(token) = token_from_request(&headers, query.as_deref()) else {
+        tracing::debug!(peer = %peer.ip(), "handshake without token");
+        return AuthError::MissingToken.into_response();
+    };
+    let claims = match shared.verifier.verify(&token) {
+        Ok(claims) => claims,
+        Err(err) => {
+            tracing::debug!(peer = %peer.ip(), error = %err, "handshake with a rejected token");
+            return err.into_response();
+        }
+    };
+    let upgrade = match upgrade {
+        Ok(upgrade) => upgrade,
+        Err(rejection) => return rejection.into_response(),
+    };
+    let config = &shared.config;
+    let max_message = config.ws_max_message_size();
+    let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
+    tracing::debug!(conn, user = %claims.sub, peer = %peer.ip(), "connection accepted");
+    let session_shared = shared.clone();
+    upgrade
+        .read_buffer_size(config.ws_read_buffer)
+        .write_buffer_size(config.ws_write_buffer)
+        .max_message_size(max_message)
+        .max_frame_size(max_message)
+        .on_failed_upgrade(|err| tracing::debug!(error = %err, "WebSocket upgrade failed"))
+        .on_upgrade(move |socket| {
+            let sessions = session_shared.sessions.clone();
+            sessions.track_future(session::run(socket, session_shared, claims, conn))
+        })
+}
+
+async fn healthz() -> Response {
+    Json(json!({ "status": "ok" })).into_response()
+}
+
+async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    let broker = match tokio::time::timeout(READY_TIMEOUT, shared.broker.health()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "broker health check failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("broker health check timed out");
+            false
+        }
+    };
+    let store = match tokio::time::timeout(READY_TIMEOUT, shared.store.ping()).await {
+        Ok(Ok(())) => true,
+        Ok(Err(err)) => {
+            tracing::warn!(error = %err, "store health check failed");
+            false
+        }
+        Err(_) => {
+            tracing::warn!("store health check timed out");
+            false
+        }
+    };
+    let state = |ok: bool| if ok { "ok" } else { "unavailable" };
+    let body = json!({
+        "status": state(broker && store),
+        "broker": { "backend": shared.broker.name(), "status": state(broker) },
+        "store": { "status": state(store) },
+    });
+    let status = if broker && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, Json(body)).into_response()
+}
+
+async fn chat_page() -> Html<&'static str> {
+    Html(CHAT_PAGE)
+}
+
+/// Query of `GET /dev/token`.
+#[derive(Debug, Deserialize)]
+struct DevTokenQuery {
+    sub: String,
+    rooms: Option<String>,
+}
+
+async fn dev_token(
+    State(shared): State<Arc<Shared>>,
+    query: Result<Query<DevTokenQuery>, QueryRejection>,
+) -> Response {
+    let Some(minter) = &shared.minter else {
+        return json_error(StatusCode::NOT_FOUND, "not_found", "not found");
+    };
+    let Ok(Query(query)) = query else {
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", "expected ?sub=NAME[&rooms=a,b]");
+    };
+    let sub = query.sub.trim();
+    if sub.is_empty() || sub.len() > 128 || sub.chars().any(char::is_control) {
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", "sub must be 1-128 printable characters");
+    }
+    let rooms: Vec<String> = match &query.rooms {
+        None => vec!["*".to_owned()],
+        Some(list) => list.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect(),
+    };
+    if rooms.is_empty() {
+        return json_error(StatusCode::BAD_REQUEST, "bad_request", "rooms must list at least one room pattern");
+    }
+    // With the HS256 secret, minting only fails on a bad `sub` or room pattern.
+    match minter.mint(sub, &rooms, shared.config.dev_token_ttl) {
+        Ok(token) => Json(json!({ "token": token })).into_response(),
+        Err(err) => json_error(StatusCode::BAD_REQUEST, "bad_request", err.0),
+    }
+}

@@ -1,0 +1,20 @@
+//! Roomcast's contract with clients and with other services.
+//!
+//! # Layout
+//! - [`frames`]: wire protocol v1, the JSON text frames exchanged on `GET /ws`
+//!   ([`ClientFrame`], [`ServerFrame`], [`ErrorCode`]).
+//! - [`envelope`]: what travels through the durable broker: the inbound event a gateway
+//!   publishes ([`InboundEvent`]), the fan-out message a worker publishes ([`FanoutMessage`])
+//!   and the dead letter of an event that could not be processed ([`DeadLetter`]).
+//! - [`names`]: the syntax of room names, room patterns, event names and event ids.
+//!
+//! Every type here has a JSON Schema file under `schemas/json/`; the tests prove that the
+//! documented examples validate against the schema and round-trip through the type.
+
+pub mod envelope;
+pub mod frames;
+pub mod names;
+
+pub use envelope::{DeadLetter, ENVELOPE_VERSION, FanoutMessage, InboundEvent};
+pub use frames::{ClientFrame, ErrorCode, ServerFrame};
+pub use names::NameError;
