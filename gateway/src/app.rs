@@ -3,10 +3,11 @@
 //!
 //! ```no_run
 //! # async fn example(config: roomcast_gateway::config::GatewayConfig) -> Result<(), roomcast_gateway::app::AppError> {
+//! use roomcast_gateway::app::{AppError, run_embedded};
 //! use tokio_util::sync::CancellationToken;
-//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.map_err(roomcast_gateway::app::AppError::Bind)?;
-//! let shutdown = CancellationToken::new();
-//! roomcast_gateway::app::run_embedded(config, "./data".into(), None, listener, shutdown).await
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.map_err(AppError::Bind)?;
+//! let shutdown = CancellationToken::new(); // cancel on SIGINT/SIGTERM
+//! run_embedded(config, "./data".into(), None, listener, shutdown).await
 //! # }
 //! ```
 
@@ -14,7 +15,7 @@ use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::server::{Gateway, serve};
 use roomcast_broker::{Broker, BrokerError, EmbeddedBroker, EmbeddedOptions};
-use roomcast_worker::{Store, StoreError, Worker, WorkerConfig};
+use roomcast_worker::{Store, StoreError, Worker, WorkerConfig, WorkerError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;
@@ -46,14 +47,26 @@ pub enum AppError {
     /// The gateway could not start or failed while serving.
     #[error(transparent)]
     Gateway(#[from] GatewayError),
-    /// The worker failed.
+    /// The worker stopped with an error (the app then shuts down).
     #[error("the worker failed: {0}")]
-    Worker(String),
+    Worker(#[from] WorkerError),
+    /// The worker stopped although no shutdown was requested, or its task panicked.
+    #[error("the worker stopped unexpectedly: {0}")]
+    WorkerStopped(String),
 }
 
 /// The store URL of the all-in-one app when none is given: `sqlite://<data_dir>/store.db`.
 pub fn default_store_url(data_dir: &Path) -> String {
     format!("sqlite://{}", data_dir.join("store.db").display())
+}
+
+/// Settings of the all-in-one app's broker and worker; [`Default`] suits production.
+#[derive(Debug, Clone, Default)]
+pub struct AppOptions {
+    /// The embedded broker's settings.
+    pub broker: EmbeddedOptions,
+    /// The worker's settings.
+    pub worker: WorkerConfig,
 }
 
 /// The all-in-one app: embedded broker in `<data_dir>/broker`, the store, one worker and the
@@ -62,8 +75,9 @@ pub struct EmbeddedApp {
     broker: Arc<EmbeddedBroker>,
     store: Store,
     gateway: Gateway,
-    worker: JoinHandle<Result<(), String>>,
+    worker: JoinHandle<Result<(), WorkerError>>,
     worker_stop: CancellationToken,
+    worker_ended: CancellationToken,
 }
 
 impl std::fmt::Debug for EmbeddedApp {
@@ -77,23 +91,31 @@ impl std::fmt::Debug for EmbeddedApp {
 
 impl EmbeddedApp {
     /// Opens the broker and the store (`store_url`, or [`default_store_url`]), starts the
-    /// worker and builds the gateway. On error everything opened so far is closed again.
-    pub async fn open(config: GatewayConfig, data_dir: &Path, store_url: Option<&str>) -> Result<EmbeddedApp, AppError> {
-        Self::open_with(config, data_dir, store_url, EmbeddedOptions::default()).await
+    /// worker and builds the gateway, with default [`AppOptions`]. On error everything opened
+    /// so far is closed again.
+    pub async fn open(
+        config: GatewayConfig,
+        data_dir: &Path,
+        store_url: Option<&str>,
+    ) -> Result<EmbeddedApp, AppError> {
+        Self::open_with(config, data_dir, store_url, AppOptions::default()).await
     }
 
-    /// [`EmbeddedApp::open`] with the embedded broker's `options`.
+    /// [`EmbeddedApp::open`] with broker and worker `options`.
     pub async fn open_with(
         config: GatewayConfig,
         data_dir: &Path,
         store_url: Option<&str>,
-        options: EmbeddedOptions,
+        options: AppOptions,
     ) -> Result<EmbeddedApp, AppError> {
         config.validate().map_err(GatewayError::from)?;
         tokio::fs::create_dir_all(data_dir)
             .await
-            .map_err(|source| AppError::DataDir { path: data_dir.to_path_buf(), source })?;
-        let broker = EmbeddedBroker::open_with(&data_dir.join("broker"), options).await?;
+            .map_err(|source| AppError::DataDir {
+                path: data_dir.to_path_buf(),
+                source,
+            })?;
+        let broker = EmbeddedBroker::open_with(&data_dir.join("broker"), options.broker).await?;
         let store_url = store_url.map_or_else(|| default_store_url(data_dir), str::to_owned);
         let store = match Store::connect(&store_url).await {
             Ok(store) => store,
@@ -107,12 +129,30 @@ impl EmbeddedApp {
             Ok(gateway) => gateway,
             Err(err) => {
                 broker.close().await;
+                store.close().await;
                 return Err(err.into());
             }
         };
         let worker_stop = CancellationToken::new();
-        let worker = spawn_worker(dyn_broker, store.clone(), worker_stop.clone());
-        Ok(EmbeddedApp { broker, store, gateway, worker, worker_stop })
+        let worker_ended = CancellationToken::new();
+        let worker = Worker::new(dyn_broker, store.clone(), options.worker);
+        let worker = {
+            let stop = worker_stop.clone();
+            let ended = worker_ended.clone();
+            tokio::spawn(async move {
+                let result = worker.run(stop).await;
+                ended.cancel();
+                result
+            })
+        };
+        Ok(EmbeddedApp {
+            broker,
+            store,
+            gateway,
+            worker,
+            worker_stop,
+            worker_ended,
+        })
     }
 
     /// The gateway.
@@ -130,15 +170,42 @@ impl EmbeddedApp {
         &self.broker
     }
 
-    /// Serves on `listener` until `shutdown` is cancelled, then stops accepting, closes the
-    /// sessions (1001), stops the worker and closes the broker.
-    pub async fn serve(self, listener: TcpListener, shutdown: CancellationToken) -> Result<(), AppError> {
-        let EmbeddedApp { broker, store, gateway, worker, worker_stop } = self;
-        let served = serve(listener, gateway, shutdown.cancelled_owned()).await;
+    /// Serves on `listener` until `shutdown` is cancelled (or the worker stops on its own),
+    /// then stops accepting, closes the sessions (1001), stops the worker and closes the
+    /// broker and the store.
+    pub async fn serve(
+        self,
+        listener: TcpListener,
+        shutdown: CancellationToken,
+    ) -> Result<(), AppError> {
+        let EmbeddedApp {
+            broker,
+            store,
+            gateway,
+            worker,
+            worker_stop,
+            worker_ended,
+        } = self;
+        let stop_signal = {
+            let worker_ended = worker_ended.clone();
+            async move {
+                tokio::select! {
+                    () = shutdown.cancelled() => {}
+                    () = worker_ended.cancelled() => {
+                        tracing::error!("the worker stopped; shutting down");
+                    }
+                }
+            }
+        };
+        let served = serve(listener, gateway, stop_signal).await;
+        let unexpected = worker_ended.is_cancelled() && !worker_stop.is_cancelled();
         worker_stop.cancel();
         let worked = match worker.await {
-            Ok(result) => result.map_err(AppError::Worker),
-            Err(err) => Err(AppError::Worker(format!("worker task failed: {err}"))),
+            Ok(Ok(())) if unexpected => Err(AppError::WorkerStopped(
+                "it returned without a shutdown request".to_owned(),
+            )),
+            Ok(result) => result.map_err(AppError::from),
+            Err(err) => Err(AppError::WorkerStopped(err.to_string())),
         };
         broker.close().await;
         store.close().await;
@@ -175,11 +242,4 @@ pub async fn run_gateway(
     let gateway = Gateway::new(config, broker, store).await?;
     serve(listener, gateway, shutdown.cancelled_owned()).await?;
     Ok(())
-}
-
-fn spawn_worker(broker: Arc<dyn Broker>, store: Store, stop: CancellationToken) -> JoinHandle<Result<(), String>> {
-    tokio::spawn(async move {
-        let worker = Worker::new(broker, store, WorkerConfig::default());
-        worker.run(stop).await.map_err(|err| err.to_string())
-    })
 }

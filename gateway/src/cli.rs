@@ -70,11 +70,15 @@ impl AuthArgs {
                             .into(),
                     ));
                 }
-                let secret = self.jwt_secret.as_deref().or(fallback_secret).ok_or_else(|| {
-                    CliError::Invalid(
-                        "HS256 needs a secret: set ROOMCAST_JWT_SECRET or --jwt-secret".into(),
-                    )
-                })?;
+                let secret = self
+                    .jwt_secret
+                    .as_deref()
+                    .or(fallback_secret)
+                    .ok_or_else(|| {
+                        CliError::Invalid(
+                            "HS256 needs a secret: set ROOMCAST_JWT_SECRET or --jwt-secret".into(),
+                        )
+                    })?;
                 AuthConfig::hs256(secret.as_bytes().to_vec())
             }
             alg => {
@@ -88,8 +92,10 @@ impl AuthArgs {
                         "--jwt-secret goes with HS256; {alg} verifies with a public key"
                     )));
                 }
-                let pem = std::fs::read_to_string(path)
-                    .map_err(|source| CliError::ReadKey { path: path.clone(), source })?;
+                let pem = std::fs::read_to_string(path).map_err(|source| CliError::ReadKey {
+                    path: path.clone(),
+                    source,
+                })?;
                 AuthConfig::public_key(alg, pem)
             }
         };
@@ -100,7 +106,9 @@ impl AuthArgs {
             config = config.with_audience(aud.clone());
         }
         config = config.with_leeway_secs(self.jwt_leeway_secs);
-        config.validate().map_err(|err| CliError::Invalid(err.to_string()))?;
+        config
+            .validate()
+            .map_err(|err| CliError::Invalid(err.to_string()))?;
         Ok(config)
     }
 }
@@ -164,7 +172,9 @@ impl GatewayArgs {
             handshake_burst_per_ip: self.handshake_burst,
         };
         config.dev_mode = dev_mode;
-        config.validate().map_err(|err| CliError::Invalid(err.to_string()))?;
+        config
+            .validate()
+            .map_err(|err| CliError::Invalid(err.to_string()))?;
         Ok(config)
     }
 
@@ -227,11 +237,14 @@ impl TokenArgs {
                 Minter::hs256(secret.as_bytes())
             }
             alg => {
-                let path = self.private_key_file.as_ref().ok_or_else(|| {
-                    CliError::Invalid(format!("{alg} needs --private-key-file"))
+                let path = self
+                    .private_key_file
+                    .as_ref()
+                    .ok_or_else(|| CliError::Invalid(format!("{alg} needs --private-key-file")))?;
+                let pem = std::fs::read_to_string(path).map_err(|source| CliError::ReadKey {
+                    path: path.clone(),
+                    source,
                 })?;
-                let pem = std::fs::read_to_string(path)
-                    .map_err(|source| CliError::ReadKey { path: path.clone(), source })?;
                 Minter::from_pem(alg, &pem).map_err(|err| CliError::Invalid(err.to_string()))?
             }
         };
@@ -305,7 +318,8 @@ mod tests {
     fn parse(args: &[&str]) -> Result<GatewayConfig, CliError> {
         let mut argv = vec!["roomcast"];
         argv.extend_from_slice(args);
-        let harness = Harness::try_parse_from(argv).map_err(|e| CliError::Invalid(e.to_string()))?;
+        let harness =
+            Harness::try_parse_from(argv).map_err(|e| CliError::Invalid(e.to_string()))?;
         harness.gateway.to_config(None, false)
     }
 
@@ -338,8 +352,8 @@ mod tests {
 
     #[test]
     fn limits_and_sizes_reach_the_config() {
-        let config = parse(&[SECRET, "--publish-rate", "7", "--max-frame-bytes", "2048"])
-            .expect("valid");
+        let config =
+            parse(&[SECRET, "--publish-rate", "7", "--max-frame-bytes", "2048"]).expect("valid");
         assert_eq!(config.limits.publish_per_sec.get(), 7);
         assert_eq!(config.max_frame_bytes, 2048);
         assert!(!config.dev_mode);

@@ -104,10 +104,14 @@ impl GatewayConfig {
             )));
         }
         if self.max_rooms_per_connection == 0 {
-            return Err(ConfigError("max_rooms_per_connection must be at least 1".into()));
+            return Err(ConfigError(
+                "max_rooms_per_connection must be at least 1".into(),
+            ));
         }
         if self.outbound_queue == 0 {
-            return Err(ConfigError("outbound_queue must be at least 1 frame".into()));
+            return Err(ConfigError(
+                "outbound_queue must be at least 1 frame".into(),
+            ));
         }
         if self.ws_read_buffer < 256 {
             return Err(ConfigError(format!(
@@ -119,7 +123,9 @@ impl GatewayConfig {
             return Err(ConfigError("history_page must be at least 1".into()));
         }
         if self.ping_interval.is_zero() {
-            return Err(ConfigError("ping_interval must be greater than zero".into()));
+            return Err(ConfigError(
+                "ping_interval must be greater than zero".into(),
+            ));
         }
         if self.idle_timeout <= self.ping_interval {
             return Err(ConfigError(format!(
@@ -128,7 +134,9 @@ impl GatewayConfig {
             )));
         }
         if self.close_timeout.is_zero() {
-            return Err(ConfigError("close_timeout must be greater than zero".into()));
+            return Err(ConfigError(
+                "close_timeout must be greater than zero".into(),
+            ));
         }
         if self.dev_mode {
             let hs256_secret = matches!(
@@ -141,7 +149,9 @@ impl GatewayConfig {
                 ));
             }
             if self.dev_token_ttl.is_zero() {
-                return Err(ConfigError("dev_token_ttl must be greater than zero".into()));
+                return Err(ConfigError(
+                    "dev_token_ttl must be greater than zero".into(),
+                ));
             }
         }
         Ok(())

@@ -18,7 +18,11 @@ const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
 
 /// Runs until `stop` is cancelled or the broker closes the subscription.
-pub(crate) async fn run(subscription: Arc<dyn FanoutSubscription>, rooms: Arc<Rooms>, stop: CancellationToken) {
+pub(crate) async fn run(
+    subscription: Arc<dyn FanoutSubscription>,
+    rooms: Arc<Rooms>,
+    stop: CancellationToken,
+) {
     let mut retry = RETRY_MIN;
     let mut lost = false;
     loop {
@@ -39,7 +43,9 @@ pub(crate) async fn run(subscription: Arc<dyn FanoutSubscription>, rooms: Arc<Ro
             }
             Err(BrokerError::Closed) => {
                 if !stop.is_cancelled() {
-                    tracing::warn!("the broker closed the fan-out subscription; no more live messages");
+                    tracing::warn!(
+                        "the broker closed the fan-out subscription; no more live messages"
+                    );
                 }
                 return;
             }
@@ -75,7 +81,7 @@ fn handle(event: FanoutEvent, rooms: &Rooms) {
         }
         FanoutEvent::Gap => {
             tracing::info!("fan-out reported a gap; members resync from the store");
-            eprintln!("GAP");
+            rooms.resync_all();
         }
     }
 }

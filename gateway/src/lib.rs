@@ -11,7 +11,7 @@
 //! - `rooms`: the sharded room registry and the fan-out subscriptions that follow it.
 //! - `fanout`: the task that hands each fan-out message to the room's local members.
 //! - [`app`]: whole processes: the all-in-one app and a gateway-only process.
-//! - [`error`]: [`GatewayError`].
+//! - [`error`]: [`GatewayError`], why a gateway could not start.
 
 pub mod app;
 pub mod auth;
@@ -24,10 +24,11 @@ mod rooms;
 pub mod server;
 mod session;
 
-pub use app::{AppError, EmbeddedApp, run_embedded, run_gateway};
+pub use app::{AppError, AppOptions, EmbeddedApp, run_embedded, run_gateway};
 pub use config::GatewayConfig;
 pub use error::GatewayError;
 pub use server::{Gateway, serve};
 pub use session::{
-    CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG, SLOW_CONSUMER_REASON,
+    CLOSE_GOING_AWAY, CLOSE_INTERNAL, CLOSE_POLICY, CLOSE_SLOW_CONSUMER, CLOSE_TOO_BIG,
+    SLOW_CONSUMER_REASON,
 };

@@ -16,7 +16,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "roomcast", version, about = "Real-time event gateway on a durable broker")]
+#[command(
+    name = "roomcast",
+    version,
+    about = "Real-time event gateway on a durable broker"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,

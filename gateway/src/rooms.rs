@@ -71,7 +71,9 @@ pub(crate) struct Rooms {
 
 impl std::fmt::Debug for Rooms {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Rooms").field("rooms", &self.room_count()).finish_non_exhaustive()
+        f.debug_struct("Rooms")
+            .field("rooms", &self.room_count())
+            .finish_non_exhaustive()
     }
 }
 
@@ -90,7 +92,9 @@ impl Rooms {
         let index = (self.hasher.hash_one(room) as usize) % SHARDS;
         // A poisoned shard only means another thread panicked while holding it; the map
         // itself is still consistent (every mutation is a single insert or remove).
-        self.shards[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+        self.shards[index]
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Adds `conn` to `room` and returns once the room's fan-out subscription is in effect, so
@@ -129,7 +133,9 @@ impl Rooms {
     pub(crate) async fn leave(&self, room: &str, conn: ConnId) {
         let subscription = {
             let mut shard = self.shard(room);
-            let Some(entry) = shard.get_mut(room) else { return };
+            let Some(entry) = shard.get_mut(room) else {
+                return;
+            };
             entry.members.remove(&conn);
             if !entry.members.is_empty() {
                 return;
@@ -167,9 +173,15 @@ impl Rooms {
     /// `frame` is shared, not copied. Members whose queue is full are marked slow.
     pub(crate) fn deliver(&self, room: &str, seq: u64, frame: &Utf8Bytes) -> usize {
         let shard = self.shard(room);
-        let Some((name, entry)) = shard.get_key_value(room) else { return 0 };
+        let Some((name, entry)) = shard.get_key_value(room) else {
+            return 0;
+        };
         for member in entry.members.values() {
-            let item = Outbound::Fanout { room: name.clone(), seq, frame: frame.clone() };
+            let item = Outbound::Fanout {
+                room: name.clone(),
+                seq,
+                frame: frame.clone(),
+            };
             member.offer(item, &self.overflows);
         }
         entry.members.len()
@@ -179,7 +191,9 @@ impl Rooms {
     /// messages may have been lost).
     pub(crate) fn resync_all(&self) {
         for index in 0..SHARDS {
-            let shard = self.shards[index].lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let shard = self.shards[index]
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
             for (name, entry) in shard.iter() {
                 for member in entry.members.values() {
                     member.offer(Outbound::Resync { room: name.clone() }, &self.overflows);
@@ -192,7 +206,12 @@ impl Rooms {
     pub(crate) fn room_count(&self) -> usize {
         self.shards
             .iter()
-            .map(|shard| shard.lock().unwrap_or_else(|poisoned| poisoned.into_inner()).len())
+            .map(|shard| {
+                shard
+                    .lock()
+                    .unwrap_or_else(|poisoned| poisoned.into_inner())
+                    .len()
+            })
             .sum()
     }
 
@@ -211,7 +230,13 @@ mod tests {
 
     fn member() -> (MemberHandle, mpsc::Receiver<Outbound>) {
         let (tx, rx) = mpsc::channel(4);
-        (MemberHandle { tx, slow: CancellationToken::new() }, rx)
+        (
+            MemberHandle {
+                tx,
+                slow: CancellationToken::new(),
+            },
+            rx,
+        )
     }
 
     /// Whether `subscription` receives messages of `room`: publishes one to `room`, then one to
@@ -223,15 +248,29 @@ mod tests {
         room: &str,
         control: &str,
     ) -> bool {
-        broker.publish_fanout(room, Bytes::from_static(b"probe")).await.unwrap();
-        broker.publish_fanout(control, Bytes::from_static(b"control")).await.unwrap();
-        let first = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().unwrap();
-        let FanoutEvent::Message { room: got, .. } = first else { panic!("unexpected gap") };
+        broker
+            .publish_fanout(room, Bytes::from_static(b"probe"))
+            .await
+            .unwrap();
+        broker
+            .publish_fanout(control, Bytes::from_static(b"control"))
+            .await
+            .unwrap();
+        let first = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+            .await
+            .unwrap()
+            .unwrap();
+        let FanoutEvent::Message { room: got, .. } = first else {
+            panic!("unexpected gap")
+        };
         if &*got == control {
             return false;
         }
         assert_eq!(&*got, room);
-        let second = tokio::time::timeout(Duration::from_secs(5), subscription.next()).await.unwrap().unwrap();
+        let second = tokio::time::timeout(Duration::from_secs(5), subscription.next())
+            .await
+            .unwrap()
+            .unwrap();
         assert!(matches!(second, FanoutEvent::Message { room, .. } if &*room == control));
         true
     }
@@ -265,7 +304,10 @@ mod tests {
             for task in tasks {
                 receivers.push(task.await.unwrap());
             }
-            assert!(receives(&broker, &*subscription, "r", "control").await, "round {round}: members remain");
+            assert!(
+                receives(&broker, &*subscription, "r", "control").await,
+                "round {round}: members remain"
+            );
             let leavers: Vec<_> = (1..=8u64)
                 .filter(|conn| conn % 2 == 1)
                 .map(|conn| {
@@ -277,7 +319,10 @@ mod tests {
             for task in leavers {
                 task.await.unwrap();
             }
-            assert!(!receives(&broker, &*subscription, "r", "control").await, "round {round}: room empty");
+            assert!(
+                !receives(&broker, &*subscription, "r", "control").await,
+                "round {round}: room empty"
+            );
             assert_eq!(rooms.room_count(), 1, "only the control room is left");
         }
         broker.close().await;

@@ -16,13 +16,13 @@ use crate::limits::Limits;
 use crate::rooms::Rooms;
 use crate::{fanout, session};
 use axum::Json;
+use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
 use axum::extract::{ConnectInfo, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::Router;
 use roomcast_broker::Broker;
 use roomcast_worker::Store;
 use serde::Deserialize;
@@ -63,6 +63,13 @@ pub(crate) struct Shared {
     next_conn: AtomicU64,
 }
 
+impl Drop for Shared {
+    fn drop(&mut self) {
+        // The last handle is gone: stop the fan-out and housekeeping tasks.
+        self.background_stop.cancel();
+    }
+}
+
 /// A running gateway: routes, sessions, the fan-out task. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
@@ -83,7 +90,11 @@ impl Gateway {
     /// Validates `config`, opens the fan-out subscription on `broker` and starts the fan-out
     /// task. Serve it with [`serve`] (or mount [`Gateway::router`] yourself and call
     /// [`Gateway::shutdown`]).
-    pub async fn new(config: GatewayConfig, broker: Arc<dyn Broker>, store: Store) -> Result<Gateway, GatewayError> {
+    pub async fn new(
+        config: GatewayConfig,
+        broker: Arc<dyn Broker>,
+        store: Store,
+    ) -> Result<Gateway, GatewayError> {
         config.validate()?;
         let verifier = Verifier::new(&config.auth)?;
         let minter = match (&config.dev_mode, &config.auth.key) {
@@ -91,7 +102,8 @@ impl Gateway {
             _ => None,
         };
         let limits = Limits::new(&config.limits);
-        let subscription: Arc<dyn roomcast_broker::FanoutSubscription> = Arc::from(broker.open().await?);
+        let subscription: Arc<dyn roomcast_broker::FanoutSubscription> =
+            Arc::from(broker.open().await?);
         let rooms = Arc::new(Rooms::new(subscription.clone()));
         let shared = Arc::new(Shared {
             config,
@@ -107,7 +119,11 @@ impl Gateway {
             background_stop: CancellationToken::new(),
             next_conn: AtomicU64::new(1),
         });
-        shared.background.spawn(fanout::run(subscription, rooms, shared.background_stop.clone()));
+        shared.background.spawn(fanout::run(
+            subscription,
+            rooms,
+            shared.background_stop.clone(),
+        ));
         let housekeeping = Arc::downgrade(&shared);
         let stop = shared.background_stop.clone();
         shared.background.spawn(async move {
@@ -172,8 +188,14 @@ impl Gateway {
     pub async fn shutdown(&self) {
         self.begin_shutdown();
         let grace = self.shared.config.shutdown_grace;
-        if tokio::time::timeout(grace, self.shared.sessions.wait()).await.is_err() {
-            tracing::warn!(open = self.shared.sessions.len(), "sessions still open after the shutdown grace period");
+        if tokio::time::timeout(grace, self.shared.sessions.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                open = self.shared.sessions.len(),
+                "sessions still open after the shutdown grace period"
+            );
         }
         self.shared.background.close();
         self.shared.background_stop.cancel();
@@ -193,8 +215,11 @@ pub async fn serve(
         tracing::info!(%addr, "gateway listening");
     }
     let stopping = CancellationToken::new();
-    let app = gateway.router().into_make_service_with_connect_info::<SocketAddr>();
-    let server = axum::serve(listener, app).with_graceful_shutdown(stopping.clone().cancelled_owned());
+    let app = gateway
+        .router()
+        .into_make_service_with_connect_info::<SocketAddr>();
+    let server =
+        axum::serve(listener, app).with_graceful_shutdown(stopping.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());
     let early = tokio::select! {
         result = &mut server => Some(result),
@@ -224,7 +249,11 @@ pub async fn serve(
 }
 
 fn json_error(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
-    (status, Json(json!({ "error": error, "message": message.into() }))).into_response()
+    (
+        status,
+        Json(json!({ "error": error, "message": message.into() })),
+    )
+        .into_response()
 }
 
 async fn ws_handler(
@@ -235,7 +264,11 @@ async fn ws_handler(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     if shared.sessions_stop.is_cancelled() {
-        return json_error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "the server is shutting down");
+        return json_error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the server is shutting down",
+        );
     }
     if let Err(limited) = shared.limits.check_handshake(peer.ip()) {
         let secs = limited.retry_after.as_secs_f64().ceil().max(1.0) as u64;
@@ -244,7 +277,9 @@ async fn ws_handler(
             "rate_limited",
             "too many connection attempts from this address; retry later",
         );
-        response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        response
+            .headers_mut()
+            .insert(header::RETRY_AFTER, HeaderValue::from(secs));
         return response;
     }
     let Some(token) = token_from_request(&headers, query.as_deref()) else {
@@ -284,6 +319,10 @@ async fn healthz() -> Response {
 }
 
 async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+    if shared.sessions_stop.is_cancelled() {
+        let body = json!({ "status": "shutting_down" });
+        return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
+    }
     let broker = match tokio::time::timeout(READY_TIMEOUT, shared.broker.health()).await {
         Ok(Ok(())) => true,
         Ok(Err(err)) => {
@@ -312,7 +351,11 @@ async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
         "broker": { "backend": shared.broker.name(), "status": state(broker) },
         "store": { "status": state(store) },
     });
-    let status = if broker && store { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if broker && store {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, Json(body)).into_response()
 }
 
@@ -335,18 +378,34 @@ async fn dev_token(
         return json_error(StatusCode::NOT_FOUND, "not_found", "not found");
     };
     let Ok(Query(query)) = query else {
-        return json_error(StatusCode::BAD_REQUEST, "bad_request", "expected ?sub=NAME[&rooms=a,b]");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "expected ?sub=NAME[&rooms=a,b]",
+        );
     };
     let sub = query.sub.trim();
     if sub.is_empty() || sub.len() > 128 || sub.chars().any(char::is_control) {
-        return json_error(StatusCode::BAD_REQUEST, "bad_request", "sub must be 1-128 printable characters");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "sub must be 1-128 printable characters",
+        );
     }
     let rooms: Vec<String> = match &query.rooms {
         None => vec!["*".to_owned()],
-        Some(list) => list.split(',').map(|p| p.trim().to_owned()).filter(|p| !p.is_empty()).collect(),
+        Some(list) => list
+            .split(',')
+            .map(|p| p.trim().to_owned())
+            .filter(|p| !p.is_empty())
+            .collect(),
     };
     if rooms.is_empty() {
-        return json_error(StatusCode::BAD_REQUEST, "bad_request", "rooms must list at least one room pattern");
+        return json_error(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            "rooms must list at least one room pattern",
+        );
     }
     // With the HS256 secret, minting only fails on a bad `sub` or room pattern.
     match minter.mint(sub, &rooms, shared.config.dev_token_ttl) {

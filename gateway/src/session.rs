@@ -39,7 +39,9 @@ use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
 use futures_util::stream::{SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
-use roomcast_schemas::{ClientFrame, ENVELOPE_VERSION, ErrorCode, InboundEvent, ServerFrame, names};
+use roomcast_schemas::{
+    ClientFrame, ENVELOPE_VERSION, ErrorCode, InboundEvent, ServerFrame, names,
+};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -121,7 +123,10 @@ pub(crate) async fn run(socket: WebSocket, shared: Arc<Shared>, claims: Claims, 
     // Cancelled by the writer when it ends, so that the reader stops too.
     let stop = CancellationToken::new();
     let slow = CancellationToken::new();
-    let member = MemberHandle { tx: tx.clone(), slow: slow.clone() };
+    let member = MemberHandle {
+        tx: tx.clone(),
+        slow: slow.clone(),
+    };
 
     let writer = Writer {
         sink,
@@ -129,7 +134,8 @@ pub(crate) async fn run(socket: WebSocket, shared: Arc<Shared>, claims: Claims, 
         rooms: HashMap::new(),
         close_timeout: config.close_timeout,
     };
-    let writer_task = tokio::spawn(writer.run(rx, stop.clone(), slow, shared.sessions_stop.clone()));
+    let writer_task =
+        tokio::spawn(writer.run(rx, stop.clone(), slow, shared.sessions_stop.clone()));
 
     let mut reader = Reader {
         shared: shared.clone(),
@@ -139,24 +145,34 @@ pub(crate) async fn run(socket: WebSocket, shared: Arc<Shared>, claims: Claims, 
         member,
         joined: HashSet::new(),
         limiter: shared.limits.connection(),
+        stop: stop.clone(),
     };
-    let end = reader.run(stream, &stop).await;
+    let mut stream = stream;
+    let end = reader.run(&mut stream, &stop).await;
     match end {
         ReaderEnd::TooLarge => {
             let frame = ServerFrame::error(
                 ErrorCode::TooLarge,
                 format!("frames are limited to {} bytes", config.max_frame_bytes),
             );
-            let close = Outbound::Close { code: CLOSE_TOO_BIG, reason: "frame too large" };
+            let close = Outbound::Close {
+                code: CLOSE_TOO_BIG,
+                reason: "frame too large",
+            };
             reader.queue_then_close(frame, close).await;
         }
         ReaderEnd::Idle => {
-            let close = Outbound::Close { code: CLOSE_POLICY, reason: "idle timeout" };
+            let close = Outbound::Close {
+                code: CLOSE_POLICY,
+                reason: "idle timeout",
+            };
             let _ = tokio::time::timeout(config.close_timeout, reader.tx.send(close)).await;
         }
         ReaderEnd::Done => stop.cancel(),
     }
-    let Reader { joined, tx, member, .. } = reader;
+    let Reader {
+        joined, tx, member, ..
+    } = reader;
     for room in joined {
         shared.rooms.leave(&room, conn).await;
     }
@@ -165,8 +181,18 @@ pub(crate) async fn run(socket: WebSocket, shared: Arc<Shared>, claims: Claims, 
     drop(member);
     drop(tx);
     let grace = config.close_timeout + Duration::from_secs(1);
-    if tokio::time::timeout(grace, writer_task).await.is_err() {
-        stop.cancel();
+    let close_sent = match tokio::time::timeout(grace, writer_task).await {
+        Ok(Ok(close_sent)) => close_sent,
+        _ => {
+            stop.cancel();
+            false
+        }
+    };
+    if close_sent {
+        // Complete the closing handshake: read (and ignore) what the client still sends
+        // until its close frame, so that it receives ours before the connection is dropped.
+        let drain = async { while let Some(Ok(_)) = stream.next().await {} };
+        let _ = tokio::time::timeout(config.close_timeout, drain).await;
     }
     tracing::debug!(conn, "connection ended");
 }
@@ -179,10 +205,16 @@ struct Reader {
     member: MemberHandle,
     joined: HashSet<Arc<str>>,
     limiter: crate::limits::ConnectionLimits,
+    /// Cancelled when the connection is closing.
+    stop: CancellationToken,
 }
 
 impl Reader {
-    async fn run(&mut self, mut stream: SplitStream<WebSocket>, stop: &CancellationToken) -> ReaderEnd {
+    async fn run(
+        &mut self,
+        stream: &mut SplitStream<WebSocket>,
+        stop: &CancellationToken,
+    ) -> ReaderEnd {
         let idle = self.shared.config.idle_timeout;
         let max = self.shared.config.max_frame_bytes;
         loop {
@@ -207,11 +239,9 @@ impl Reader {
                     if text.len() > max {
                         return ReaderEnd::TooLarge;
                     }
-                    tokio::select! {
-                        biased;
-                        _ = stop.cancelled() => return ReaderEnd::Done,
-                        ok = self.handle_text(text.as_str()) => ok,
-                    }
+                    // Not raced against `stop`: a join must finish (or fail) as a whole; a
+                    // publish races it itself.
+                    self.handle_text(text.as_str()).await
                 }
                 Message::Binary(_) => {
                     self.send(ServerFrame::error(
@@ -222,7 +252,9 @@ impl Reader {
                 }
                 // Pings are answered by the protocol layer; pongs only prove liveness.
                 Message::Ping(_) | Message::Pong(_) => true,
-                Message::Close(_) => return ReaderEnd::Done,
+                // The protocol layer queued the close reply; the next read sends it and then
+                // reports the end of the stream.
+                Message::Close(_) => true,
             };
             if !ok {
                 return ReaderEnd::Done;
@@ -236,23 +268,44 @@ impl Reader {
             Ok(frame) => frame,
             Err(err) => {
                 let message = format!("invalid frame: {}", describe_json_error(&err));
-                return self.send(ServerFrame::error(ErrorCode::InvalidFrame, message)).await;
+                return self
+                    .send(ServerFrame::error(ErrorCode::InvalidFrame, message))
+                    .await;
             }
         };
         match frame {
             ClientFrame::Join { room, since } => self.join(room, since).await,
             ClientFrame::Leave { room } => self.leave(room).await,
-            ClientFrame::Publish { id, room, event, data } => self.publish(id, room, event, data).await,
+            ClientFrame::Publish {
+                id,
+                room,
+                event,
+                data,
+            } => self.publish(id, room, event, data).await,
         }
     }
 
     async fn join(&mut self, room: String, since: Option<u64>) -> bool {
         if let Err(err) = names::check_room(&room) {
-            return self.send(room_error(ErrorCode::InvalidFrame, None, None, err.to_string())).await;
+            return self
+                .send(room_error(
+                    ErrorCode::InvalidFrame,
+                    None,
+                    None,
+                    err.to_string(),
+                ))
+                .await;
         }
         if !self.claims.may_access(&room) {
             let message = "the token does not allow this room".to_owned();
-            return self.send(room_error(ErrorCode::ForbiddenRoom, None, Some(room), message)).await;
+            return self
+                .send(room_error(
+                    ErrorCode::ForbiddenRoom,
+                    None,
+                    Some(room),
+                    message,
+                ))
+                .await;
         }
         let room: Arc<str> = match self.joined.get(room.as_str()) {
             // Joining again restarts delivery: `joined`, then the replay after `since`.
@@ -261,17 +314,34 @@ impl Reader {
                 let limit = self.shared.config.max_rooms_per_connection;
                 if self.joined.len() >= limit {
                     let message = format!("a connection may hold at most {limit} rooms");
-                    return self.send(room_error(ErrorCode::TooManyRooms, None, Some(room), message)).await;
+                    return self
+                        .send(room_error(
+                            ErrorCode::TooManyRooms,
+                            None,
+                            Some(room),
+                            message,
+                        ))
+                        .await;
                 }
                 let room: Arc<str> = Arc::from(room);
                 // Recorded before the registry call so that cleanup covers a partial join.
                 self.joined.insert(room.clone());
-                if let Err(err) = self.shared.rooms.join(&room, self.conn, self.member.clone()).await {
+                if let Err(err) = self
+                    .shared
+                    .rooms
+                    .join(&room, self.conn, self.member.clone())
+                    .await
+                {
                     self.joined.remove(&room);
                     tracing::warn!(room = &*room, error = %err, "fan-out subscribe failed");
                     let message = "the room cannot be joined right now; try again".to_owned();
                     return self
-                        .send(room_error(ErrorCode::Unavailable, None, Some(room.to_string()), message))
+                        .send(room_error(
+                            ErrorCode::Unavailable,
+                            None,
+                            Some(room.to_string()),
+                            message,
+                        ))
                         .await;
                 }
                 room
@@ -282,7 +352,14 @@ impl Reader {
 
     async fn leave(&mut self, room: String) -> bool {
         if let Err(err) = names::check_room(&room) {
-            return self.send(room_error(ErrorCode::InvalidFrame, None, None, err.to_string())).await;
+            return self
+                .send(room_error(
+                    ErrorCode::InvalidFrame,
+                    None,
+                    None,
+                    err.to_string(),
+                ))
+                .await;
         }
         let room = match self.joined.take(room.as_str()) {
             Some(room) => {
@@ -295,21 +372,60 @@ impl Reader {
         self.tx.send(Outbound::Leave { room }).await.is_ok()
     }
 
-    async fn publish(&mut self, id: String, room: String, event: String, data: serde_json::Value) -> bool {
+    async fn publish(
+        &mut self,
+        id: String,
+        room: String,
+        event: String,
+        data: serde_json::Value,
+    ) -> bool {
         if let Err(err) = names::check_id(&id) {
-            return self.send(room_error(ErrorCode::InvalidFrame, None, Some(room), err.to_string())).await;
+            // Echo the room only when it is a valid name: invalid names are never echoed.
+            let room = names::check_room(&room).is_ok().then_some(room);
+            return self
+                .send(room_error(
+                    ErrorCode::InvalidFrame,
+                    None,
+                    room,
+                    err.to_string(),
+                ))
+                .await;
         }
         if let Err(err) = names::check_room(&room) {
-            return self.send(room_error(ErrorCode::InvalidFrame, Some(id), None, err.to_string())).await;
+            return self
+                .send(room_error(
+                    ErrorCode::InvalidFrame,
+                    Some(id),
+                    None,
+                    err.to_string(),
+                ))
+                .await;
         }
         if let Err(err) = names::check_event(&event) {
-            return self.send(room_error(ErrorCode::InvalidFrame, Some(id), Some(room), err.to_string())).await;
+            return self
+                .send(room_error(
+                    ErrorCode::InvalidFrame,
+                    Some(id),
+                    Some(room),
+                    err.to_string(),
+                ))
+                .await;
         }
         if !self.joined.contains(room.as_str()) {
             let message = "join the room before publishing to it".to_owned();
-            return self.send(room_error(ErrorCode::NotJoined, Some(id), Some(room), message)).await;
+            return self
+                .send(room_error(
+                    ErrorCode::NotJoined,
+                    Some(id),
+                    Some(room),
+                    message,
+                ))
+                .await;
         }
-        if let Err(limited) = self.limiter.check_publish(&self.shared.limits, &self.claims.sub) {
+        if let Err(limited) = self
+            .limiter
+            .check_publish(&self.shared.limits, &self.claims.sub)
+        {
             let retry_after_ms = limited.retry_after_ms().max(1);
             let frame = ServerFrame::Error {
                 code: ErrorCode::RateLimited,
@@ -325,22 +441,44 @@ impl Reader {
             Err(err) => {
                 tracing::error!(error = %err, "encoding an inbound event failed");
                 let message = "the event could not be encoded".to_owned();
-                return self.send(room_error(ErrorCode::Internal, Some(id), Some(room), message)).await;
+                return self
+                    .send(room_error(
+                        ErrorCode::Internal,
+                        Some(id),
+                        Some(room),
+                        message,
+                    ))
+                    .await;
             }
         };
-        match self.shared.broker.publish(&room, payload).await {
+        let published = tokio::select! {
+            biased;
+            // The connection is closing: no answer (never an ack for an unconfirmed event).
+            _ = self.stop.cancelled() => return false,
+            published = self.shared.broker.publish(&room, payload) => published,
+        };
+        match published {
             Ok(()) => self.send(ServerFrame::Ack { id }).await,
             Err(err) => {
                 tracing::warn!(room, error = %err, "publishing an event failed");
                 let message = "the event could not be stored; retry with the same id".to_owned();
-                self.send(room_error(ErrorCode::Unavailable, Some(id), Some(room), message)).await
+                self.send(room_error(
+                    ErrorCode::Unavailable,
+                    Some(id),
+                    Some(room),
+                    message,
+                ))
+                .await
             }
         }
     }
 
     /// Queues a frame for the writer; `false` when the writer is gone.
     async fn send(&self, frame: ServerFrame) -> bool {
-        self.tx.send(Outbound::Frame(Utf8Bytes::from(frame.to_json()))).await.is_ok()
+        self.tx
+            .send(Outbound::Frame(Utf8Bytes::from(frame.to_json())))
+            .await
+            .is_ok()
     }
 
     async fn queue_then_close(&self, frame: ServerFrame, close: Outbound) {
@@ -381,8 +519,19 @@ fn now_ms() -> u64 {
         .unwrap_or(0)
 }
 
-fn room_error(code: ErrorCode, id: Option<String>, room: Option<String>, message: String) -> ServerFrame {
-    ServerFrame::Error { code, id, room, message, retry_after_ms: None }
+fn room_error(
+    code: ErrorCode,
+    id: Option<String>,
+    room: Option<String>,
+    message: String,
+) -> ServerFrame {
+    ServerFrame::Error {
+        code,
+        id,
+        room,
+        message,
+        retry_after_ms: None,
+    }
 }
 
 /// What went wrong in a client's JSON, without echoing the input.
@@ -415,6 +564,8 @@ enum WriterStop {
     Gone,
     /// Send this close frame, then end.
     Close(u16, &'static str),
+    /// A close frame was sent (`true`) or could not be sent (`false`): end.
+    Closed(bool),
 }
 
 struct Writer {
@@ -432,7 +583,7 @@ impl Writer {
         stop: CancellationToken,
         slow: CancellationToken,
         shutdown: CancellationToken,
-    ) {
+    ) -> bool {
         let ping_every = self.shared.config.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
@@ -476,18 +627,39 @@ impl Writer {
         };
         // Free the queued frames before a possibly long wait on a stuck socket.
         drop(rx);
-        if let WriterStop::Close(code, reason) = outcome {
-            if code == CLOSE_SLOW_CONSUMER {
-                tracing::info!("closing a slow consumer");
+        let close_sent = match outcome {
+            WriterStop::Gone => false,
+            WriterStop::Closed(sent) => sent,
+            WriterStop::Close(code, reason) => {
+                if code == CLOSE_SLOW_CONSUMER {
+                    tracing::info!("closing a slow consumer");
+                }
+                self.close(code, reason).await
             }
-            let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-            let _ = tokio::time::timeout(self.close_timeout, self.sink.send(Message::Close(Some(frame)))).await;
-        }
+        };
         stop.cancel();
+        close_sent
+    }
+
+    /// Sends a close frame within `close_timeout`; whether it was sent.
+    async fn close(&mut self, code: u16, reason: &'static str) -> bool {
+        let frame = CloseFrame {
+            code,
+            reason: Utf8Bytes::from_static(reason),
+        };
+        let send = self.sink.send(Message::Close(Some(frame)));
+        matches!(
+            tokio::time::timeout(self.close_timeout, send).await,
+            Ok(Ok(()))
+        )
     }
 
     /// Handles `first` and whatever else is queued (up to a batch), then flushes once.
-    async fn write_batch(&mut self, first: Outbound, rx: &mut mpsc::Receiver<Outbound>) -> Result<(), WriterStop> {
+    async fn write_batch(
+        &mut self,
+        first: Outbound,
+        rx: &mut mpsc::Receiver<Outbound>,
+    ) -> Result<(), WriterStop> {
         self.handle(first).await?;
         for _ in 1..WRITE_BATCH {
             match rx.try_recv() {
@@ -499,7 +671,10 @@ impl Writer {
     }
 
     async fn feed(&mut self, frame: Utf8Bytes) -> Result<(), WriterStop> {
-        self.sink.feed(Message::Text(frame)).await.map_err(|_| WriterStop::Gone)
+        self.sink
+            .feed(Message::Text(frame))
+            .await
+            .map_err(|_| WriterStop::Gone)
     }
 
     async fn handle(&mut self, item: Outbound) -> Result<(), WriterStop> {
@@ -523,7 +698,12 @@ impl Writer {
                 } else if seq > last + 1 {
                     // The store lacks seqs that fan-out already announced: deliver rather than
                     // stall, and leave a trace of the inconsistency.
-                    tracing::error!(room = &*room, seq, last, "store is missing messages announced by fan-out");
+                    tracing::error!(
+                        room = &*room,
+                        seq,
+                        last,
+                        "store is missing messages announced by fan-out"
+                    );
                     self.feed(frame).await?;
                     self.rooms.insert(room, seq);
                 }
@@ -532,7 +712,9 @@ impl Writer {
             Outbound::Join { room, since } => self.join(room, since).await,
             Outbound::Leave { room } => {
                 self.rooms.remove(&room);
-                let frame = ServerFrame::Left { room: room.to_string() };
+                let frame = ServerFrame::Left {
+                    room: room.to_string(),
+                };
                 self.feed(Utf8Bytes::from(frame.to_json())).await
             }
             Outbound::Resync { room } => {
@@ -542,9 +724,7 @@ impl Writer {
                 Ok(())
             }
             Outbound::Close { code, reason } => {
-                let frame = CloseFrame { code, reason: Utf8Bytes::from_static(reason) };
-                let _ = tokio::time::timeout(self.close_timeout, self.sink.send(Message::Close(Some(frame)))).await;
-                Err(WriterStop::Gone)
+                Err(WriterStop::Closed(self.close(code, reason).await))
             }
         }
     }
@@ -565,7 +745,10 @@ impl Writer {
                 return self.feed(Utf8Bytes::from(frame.to_json())).await;
             }
         };
-        let joined = ServerFrame::Joined { room: room.to_string(), seq: last };
+        let joined = ServerFrame::Joined {
+            room: room.to_string(),
+            seq: last,
+        };
         self.feed(Utf8Bytes::from(joined.to_json())).await?;
         match since {
             None => {
@@ -585,7 +768,9 @@ impl Writer {
     async fn catch_up(&mut self, room: &Arc<str>, target: Option<u64>) -> Result<(), WriterStop> {
         let page = self.shared.config.history_page;
         loop {
-            let Some(&last) = self.rooms.get(room) else { return Ok(()) };
+            let Some(&last) = self.rooms.get(room) else {
+                return Ok(());
+            };
             if target.is_some_and(|target| last >= target) {
                 return Ok(());
             }
@@ -593,7 +778,10 @@ impl Writer {
                 Ok(messages) => messages,
                 Err(err) => {
                     tracing::warn!(room = &**room, error = %err, "reading room history failed");
-                    return Err(WriterStop::Close(CLOSE_INTERNAL, "history unavailable: reconnect with since"));
+                    return Err(WriterStop::Close(
+                        CLOSE_INTERNAL,
+                        "history unavailable: reconnect with since",
+                    ));
                 }
             };
             let full_page = messages.len() >= page as usize;

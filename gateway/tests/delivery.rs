@@ -11,7 +11,9 @@ use std::time::Duration;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 
 fn ids(prefix: &str, n: usize) -> Vec<String> {
-    (0..n).map(|i| format!("{prefix}-{i}-{}", event_id())).collect()
+    (0..n)
+        .map(|i| format!("{prefix}-{i}-{}", event_id()))
+        .collect()
 }
 
 #[tokio::test]
@@ -48,7 +50,9 @@ async fn join_with_since_replays_then_goes_live_without_gap_or_duplicate() {
         assert_eq!(seq, expected);
     }
     let mut publisher = live.await.unwrap();
-    publisher.publish_acked("after", &room, json!("after")).await;
+    publisher
+        .publish_acked("after", &room, json!("after"))
+        .await;
     let (seq, id, _) = late.expect_message(&room).await;
     assert_eq!((seq, id.as_str()), (51, "after"));
     // Nothing else (no duplicate) was queued before it.
@@ -64,7 +68,9 @@ async fn since_zero_replays_everything_and_since_beyond_the_end_resumes_at_the_e
     let mut publisher = app.client("publisher").await;
     publisher.join(&room).await;
     for n in 1..=3 {
-        publisher.publish_acked(&format!("e{n}"), &room, json!(n)).await;
+        publisher
+            .publish_acked(&format!("e{n}"), &room, json!(n))
+            .await;
     }
     // Acked means durable in the broker; the message is in the store once it is fanned out.
     for n in 1..=3u64 {
@@ -116,8 +122,13 @@ async fn a_client_that_does_not_read_is_closed_with_4008_while_others_get_everyt
         let room = room.clone();
         let payload = payload.clone();
         tasks.push(tokio::spawn(async move {
-            let answers = publisher.publish_all(&room, &ids(&format!("p{p}"), EACH), payload).await;
-            assert!(answers.iter().all(|a| matches!(a, ServerFrame::Ack { .. })), "all acked");
+            let answers = publisher
+                .publish_all(&room, &ids(&format!("p{p}"), EACH), payload)
+                .await;
+            assert!(
+                answers.iter().all(|a| matches!(a, ServerFrame::Ack { .. })),
+                "all acked"
+            );
             publisher
         }));
     }
@@ -129,7 +140,10 @@ async fn a_client_that_does_not_read_is_closed_with_4008_while_others_get_everyt
     // Only now does the slow client read: what was buffered, then the close frame.
     let close = slow.expect_close().await.expect("a close frame");
     assert_eq!(close.code, CloseCode::Library(4008));
-    assert_eq!(close.reason.as_str(), roomcast_gateway::SLOW_CONSUMER_REASON);
+    assert_eq!(
+        close.reason.as_str(),
+        roomcast_gateway::SLOW_CONSUMER_REASON
+    );
     assert!(app.gateway.slow_consumers_closed() >= 1);
     assert_eq!(app.store.last_seq(&room).await.unwrap(), total);
     // The slow client resumes with `since` and gets the rest.
@@ -144,7 +158,10 @@ async fn lost_fan_out_messages_are_recovered_from_the_store() {
     // A one-message fan-out buffer: the worker stores a batch (one event per room) and
     // publishes its fan-out messages back to back, so the broker drops some and reports a gap.
     // Members must still see every seq of every room once, in order.
-    let options = EmbeddedOptions { fanout_capacity: 1, ..EmbeddedOptions::default() };
+    let options = EmbeddedOptions {
+        fanout_capacity: 1,
+        ..EmbeddedOptions::default()
+    };
     let app = TestApp::start_full(|_| {}, options).await;
     const ROOMS: usize = 4;
     const EACH: usize = 60;
@@ -175,7 +192,9 @@ async fn lost_fan_out_messages_are_recovered_from_the_store() {
         publisher.join(room).await;
         let room = room.clone();
         tasks.push(tokio::spawn(async move {
-            let answers = publisher.publish_all(&room, &ids(&format!("p{p}"), EACH), json!(p)).await;
+            let answers = publisher
+                .publish_all(&room, &ids(&format!("p{p}"), EACH), json!(p))
+                .await;
             assert!(answers.iter().all(|a| matches!(a, ServerFrame::Ack { .. })));
             publisher
         }));
@@ -189,8 +208,40 @@ async fn lost_fan_out_messages_are_recovered_from_the_store() {
         watchers.push(reader.await.unwrap());
     }
     // One more live message after the storm arrives with the next seq.
-    publishers[0].publish_acked("last", &rooms[0], json!("last")).await;
+    publishers[0]
+        .publish_acked("last", &rooms[0], json!("last"))
+        .await;
     for watcher in &mut watchers {
         assert_eq!(watcher.expect_message(&rooms[0]).await.0, EACH as u64 + 1);
     }
+}
+
+#[tokio::test]
+async fn a_seq_gap_without_a_gap_report_is_filled_from_the_store() {
+    let app = TestApp::start().await;
+    let room = room();
+    let mut member = app.client("member").await;
+    member.join(&room).await;
+    member.publish_acked("e1", &room, json!(1)).await;
+    assert_eq!(member.expect_message(&room).await.0, 1);
+    // An event stored without its fan-out message (as if fan-out lost it silently).
+    let event = roomcast_schemas::InboundEvent {
+        v: roomcast_schemas::ENVELOPE_VERSION,
+        id: "silent".into(),
+        room: room.clone(),
+        event: "msg".into(),
+        from: "elsewhere".into(),
+        ts: 1,
+        data: serde_json::value::to_raw_value(&json!("stored only")).unwrap(),
+    };
+    app.store.append(&[event]).await.unwrap();
+    // The next live message carries seq 3: the member gets 2 from the store first.
+    member.publish_acked("e3", &room, json!(3)).await;
+    let (seq, id, data) = member.expect_message(&room).await;
+    assert_eq!(
+        (seq, id.as_str(), data),
+        (2, "silent", json!("stored only"))
+    );
+    let (seq, id, _) = member.expect_message(&room).await;
+    assert_eq!((seq, id.as_str()), (3, "e3"));
 }

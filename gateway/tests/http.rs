@@ -24,20 +24,35 @@ async fn healthz_and_readyz_answer_200() {
 
 #[tokio::test]
 async fn readyz_answers_503_when_the_broker_is_closed() {
+    // A gateway-only process (no worker) on an embedded broker and a SQLite store.
     let dir = tempfile::tempdir().unwrap();
-    let app = roomcast_gateway::EmbeddedApp::open(common::test_config(), dir.path(), None).await.unwrap();
-    let broker = app.broker().clone();
+    let broker = roomcast_broker::EmbeddedBroker::open(&dir.path().join("broker"))
+        .await
+        .unwrap();
+    let store_url = roomcast_gateway::app::default_store_url(dir.path());
+    let store = roomcast_worker::Store::connect(&store_url).await.unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(app.serve(listener, shutdown.clone()));
+    let task = tokio::spawn(roomcast_gateway::run_gateway(
+        common::test_config(),
+        broker.clone(),
+        store,
+        listener,
+        shutdown.clone(),
+    ));
+    let reply = raw_get(addr, "/readyz").await;
+    assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
     broker.close().await;
     let reply = raw_get(addr, "/readyz").await;
     assert!(reply.starts_with("HTTP/1.1 503"), "{reply}");
-    assert!(reply.contains("\"broker\""), "{reply}");
-    assert!(!reply.contains("sqlite"), "no internals: {reply}");
+    assert!(
+        reply.contains(r#""broker":{"backend":"embedded","status":"unavailable"}"#),
+        "{reply}"
+    );
+    assert!(!reply.contains("closed"), "no internals: {reply}");
     shutdown.cancel();
-    let _ = task.await.unwrap();
+    task.await.unwrap().unwrap();
 }
 
 async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
@@ -46,7 +61,10 @@ async fn raw_get(addr: std::net::SocketAddr, path: &str) -> String {
     let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
     stream.write_all(request.as_bytes()).await.unwrap();
     let mut raw = String::new();
-    tokio::time::timeout(common::WAIT, stream.read_to_string(&mut raw)).await.unwrap().unwrap();
+    tokio::time::timeout(common::WAIT, stream.read_to_string(&mut raw))
+        .await
+        .unwrap()
+        .unwrap();
     raw
 }
 
@@ -55,7 +73,11 @@ async fn the_chat_page_is_served_as_html() {
     let app = TestApp::start().await;
     let page = app.get("/").await;
     assert_eq!(page.status, 200);
-    assert!(page.header("content-type").unwrap().starts_with("text/html"));
+    assert!(
+        page.header("content-type")
+            .unwrap()
+            .starts_with("text/html")
+    );
     assert!(page.body.to_ascii_lowercase().contains("<html"));
 }
 
@@ -80,11 +102,20 @@ async fn dev_token_mints_working_tokens_in_dev_mode() {
     let mut bob = app.connect(&token).await;
     bob.join("lobby").await;
     bob.join("team-red").await;
-    bob.send(&roomcast_schemas::ClientFrame::Join { room: "elsewhere".into(), since: None }).await;
-    bob.expect_error(roomcast_schemas::ErrorCode::ForbiddenRoom).await;
+    bob.send(&roomcast_schemas::ClientFrame::Join {
+        room: "elsewhere".into(),
+        since: None,
+    })
+    .await;
+    bob.expect_error(roomcast_schemas::ErrorCode::ForbiddenRoom)
+        .await;
 
     // Bad input is a 400 with a JSON body.
-    for path in ["/dev/token", "/dev/token?sub=", "/dev/token?sub=a&rooms=bad%20room"] {
+    for path in [
+        "/dev/token",
+        "/dev/token?sub=",
+        "/dev/token?sub=a&rooms=bad%20room",
+    ] {
         let reply = app.get(path).await;
         assert_eq!(reply.status, 400, "{path}: {}", reply.body);
         assert_eq!(reply.json()["error"], "bad_request");
@@ -137,4 +168,29 @@ async fn shutdown_closes_sessions_with_1001() {
     // No longer accepting.
     let request = format!("ws://{addr}/ws").into_client_request().unwrap();
     assert!(tokio_tungstenite::connect_async(request).await.is_err());
+}
+
+#[tokio::test]
+async fn the_app_stops_with_an_error_when_the_worker_stops() {
+    let dir = tempfile::tempdir().unwrap();
+    let options = roomcast_gateway::AppOptions {
+        worker: roomcast_worker::WorkerConfig {
+            batch_max: 0,
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let app =
+        roomcast_gateway::EmbeddedApp::open_with(common::test_config(), dir.path(), None, options)
+            .await
+            .unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let shutdown = tokio_util::sync::CancellationToken::new();
+    let result = tokio::time::timeout(common::WAIT, app.serve(listener, shutdown))
+        .await
+        .expect("the app stopped");
+    assert!(
+        matches!(result, Err(roomcast_gateway::AppError::Worker(_))),
+        "{result:?}"
+    );
 }

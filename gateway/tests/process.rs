@@ -17,7 +17,8 @@ use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 const SECRET: &str = "process-test-secret-0123456789abcdef";
 const WAIT: Duration = Duration::from_secs(20);
 
-type Ws = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
 
 /// A running `roomcast serve` process.
 struct Server {
@@ -31,7 +32,12 @@ impl Server {
             .args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
             .args(["--publish-rate", "100000", "--publish-burst", "100000"])
-            .args(["--user-publish-rate", "100000", "--user-publish-burst", "100000"])
+            .args([
+                "--user-publish-rate",
+                "100000",
+                "--user-publish-burst",
+                "100000",
+            ])
             .env("ROOMCAST_JWT_SECRET", SECRET)
             .env("RUST_LOG", "warn")
             .stdout(Stdio::piped())
@@ -80,11 +86,16 @@ impl Server {
         let token = roomcast_gateway::auth::Minter::hs256(SECRET.as_bytes())
             .mint(sub, &["*".to_owned()], Duration::from_secs(600))
             .expect("mint");
-        let mut request = format!("ws://{}/ws", self.addr).into_client_request().expect("request");
-        request
-            .headers_mut()
-            .insert("authorization", format!("Bearer {token}").parse().expect("header"));
-        let (ws, _) = tokio_tungstenite::connect_async(request).await.expect("connect");
+        let mut request = format!("ws://{}/ws", self.addr)
+            .into_client_request()
+            .expect("request");
+        request.headers_mut().insert(
+            "authorization",
+            format!("Bearer {token}").parse().expect("header"),
+        );
+        let (ws, _) = tokio_tungstenite::connect_async(request)
+            .await
+            .expect("connect");
         ws
     }
 }
@@ -97,8 +108,13 @@ async fn send(ws: &mut Ws, frame: &ClientFrame) {
 /// The next JSON frame, skipping pings; None when the connection ended.
 async fn recv(ws: &mut Ws) -> Option<ServerFrame> {
     loop {
-        match tokio::time::timeout(WAIT, ws.next()).await.expect("no frame in time")? {
-            Ok(Message::Text(text)) => return Some(serde_json::from_str(&text).expect("server frame")),
+        match tokio::time::timeout(WAIT, ws.next())
+            .await
+            .expect("no frame in time")?
+        {
+            Ok(Message::Text(text)) => {
+                return Some(serde_json::from_str(&text).expect("server frame"));
+            }
             Ok(Message::Close(_)) | Err(_) => return None,
             Ok(_) => {}
         }
@@ -115,7 +131,14 @@ fn publish(room: &str, id: &str, n: u64) -> ClientFrame {
 }
 
 async fn join(ws: &mut Ws, room: &str, since: Option<u64>) -> u64 {
-    send(ws, &ClientFrame::Join { room: room.to_owned(), since }).await;
+    send(
+        ws,
+        &ClientFrame::Join {
+            room: room.to_owned(),
+            since,
+        },
+    )
+    .await;
     match recv(ws).await.expect("connection open") {
         ServerFrame::Joined { seq, .. } => seq,
         other => panic!("expected joined, got {other:?}"),
@@ -144,7 +167,11 @@ async fn read_until(server: &Server, room: &str, required: &[String]) -> Vec<(u6
 
 fn assert_gap_free(history: &[(u64, String)]) {
     for (index, (seq, _)) in history.iter().enumerate() {
-        assert_eq!(*seq, index as u64 + 1, "seqs must be 1, 2, 3, … without gaps");
+        assert_eq!(
+            *seq,
+            index as u64 + 1,
+            "seqs must be 1, 2, 3, … without gaps"
+        );
     }
     let ids: HashSet<&str> = history.iter().map(|(_, id)| id.as_str()).collect();
     assert_eq!(ids.len(), history.len(), "an event id was stored twice");
@@ -198,7 +225,8 @@ async fn kill_9_loses_no_acknowledged_event_and_duplicates_none() {
     let room_for_sender = room.clone();
     let sender = tokio::spawn(async move {
         for i in 0..total {
-            let text = serde_json::to_string(&publish(&room_for_sender, &format!("c-{i}"), i)).expect("json");
+            let text = serde_json::to_string(&publish(&room_for_sender, &format!("c-{i}"), i))
+                .expect("json");
             if sink.send(Message::text(text)).await.is_err() {
                 break;
             }
@@ -206,8 +234,13 @@ async fn kill_9_loses_no_acknowledged_event_and_duplicates_none() {
     });
     let mut server = Some(server);
     loop {
-        let frame = match tokio::time::timeout(WAIT, stream.next()).await.expect("no frame in time") {
-            Some(Ok(Message::Text(text))) => serde_json::from_str::<ServerFrame>(&text).expect("frame"),
+        let frame = match tokio::time::timeout(WAIT, stream.next())
+            .await
+            .expect("no frame in time")
+        {
+            Some(Ok(Message::Text(text))) => {
+                serde_json::from_str::<ServerFrame>(&text).expect("frame")
+            }
             Some(Ok(_)) => continue,
             Some(Err(_)) | None => break,
         };
@@ -221,15 +254,25 @@ async fn kill_9_loses_no_acknowledged_event_and_duplicates_none() {
         }
     }
     let _ = sender.await;
-    assert!(acked.len() >= kill_after, "only {} acks before the connection ended", acked.len());
-    assert!((acked.len() as u64) < total, "the kill came after the whole stream");
+    assert!(
+        acked.len() >= kill_after,
+        "only {} acks before the connection ended",
+        acked.len()
+    );
+    assert!(
+        (acked.len() as u64) < total,
+        "the kill came after the whole stream"
+    );
 
     let server = Server::start(dir.path()).await;
     // The client retries everything it sent without an ack, with the same ids.
     let mut ws = server.connect("bob").await;
     join(&mut ws, &room, None).await;
     let acked_set: HashSet<&str> = acked.iter().map(String::as_str).collect();
-    let retry: Vec<u64> = (0..total).filter(|i| !acked_set.contains(format!("c-{i}").as_str())).take(200).collect();
+    let retry: Vec<u64> = (0..total)
+        .filter(|i| !acked_set.contains(format!("c-{i}").as_str()))
+        .take(200)
+        .collect();
     for i in &retry {
         let id = format!("c-{i}");
         send(&mut ws, &publish(&room, &id, *i)).await;
@@ -250,10 +293,16 @@ async fn kill_9_loses_no_acknowledged_event_and_duplicates_none() {
     assert_gap_free(&replayed);
     let stored: HashSet<&str> = replayed.iter().map(|(_, id)| id.as_str()).collect();
     for id in &acked {
-        assert!(stored.contains(id.as_str()), "acknowledged event {id} was lost");
+        assert!(
+            stored.contains(id.as_str()),
+            "acknowledged event {id} was lost"
+        );
     }
     for i in &retry {
-        assert!(stored.contains(format!("c-{i}").as_str()), "retried event c-{i} missing");
+        assert!(
+            stored.contains(format!("c-{i}").as_str()),
+            "retried event c-{i} missing"
+        );
     }
     // Per-connection order: a client's events keep their relative order in the room.
     let numbers: Vec<u64> = replayed
@@ -261,6 +310,9 @@ async fn kill_9_loses_no_acknowledged_event_and_duplicates_none() {
         .filter_map(|(_, id)| id.strip_prefix("c-")?.parse().ok())
         .filter(|n| !retry.contains(n))
         .collect();
-    assert!(numbers.windows(2).all(|w| w[0] < w[1]), "events of one connection reordered");
+    assert!(
+        numbers.windows(2).all(|w| w[0] < w[1]),
+        "events of one connection reordered"
+    );
     server.stop().await;
 }

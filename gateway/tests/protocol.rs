@@ -14,7 +14,12 @@ async fn join_of_a_forbidden_room_is_refused() {
     let app = TestApp::start().await;
     let mut client = app.connect(&app.token("alice", &["team-*"])).await;
     let other = room();
-    client.send(&ClientFrame::Join { room: other.clone(), since: None }).await;
+    client
+        .send(&ClientFrame::Join {
+            room: other.clone(),
+            since: None,
+        })
+        .await;
     let frame = client.expect_error(ErrorCode::ForbiddenRoom).await;
     assert!(matches!(frame, ServerFrame::Error { room: Some(r), .. } if r == other));
     // The connection stays usable and the allowed rooms work.
@@ -41,8 +46,12 @@ async fn publish_without_joining_is_not_joined() {
     // After leaving, publishing is refused again.
     client.join(&room).await;
     client.publish_acked("e2", &room, json!(2)).await;
-    client.send(&ClientFrame::Leave { room: room.clone() }).await;
-    client.recv_where(|f| matches!(f, ServerFrame::Left { room: r } if *r == room)).await;
+    client
+        .send(&ClientFrame::Leave { room: room.clone() })
+        .await;
+    client
+        .recv_where(|f| matches!(f, ServerFrame::Left { room: r } if *r == room))
+        .await;
     client.publish("e3", &room, json!(3)).await;
     client.expect_error(ErrorCode::NotJoined).await;
 }
@@ -58,13 +67,31 @@ async fn publish_is_acked_and_delivered_to_every_member_in_order() {
         assert_eq!(client.join(&room).await, 0);
     }
     for n in 1..=5u64 {
-        alice.publish_acked(&format!("e{n}"), &room, json!({ "n": n })).await;
+        alice
+            .publish_acked(&format!("e{n}"), &room, json!({ "n": n }))
+            .await;
     }
     for client in [&mut alice, &mut bob, &mut carol] {
         for n in 1..=5u64 {
-            let frame = client.recv_where(|f| matches!(f, ServerFrame::Message { .. })).await;
-            let ServerFrame::Message { room: r, seq, id, event, from, ts, data } = frame else { unreachable!() };
-            assert_eq!((r.as_str(), seq, id.as_str()), (room.as_str(), n, format!("e{n}").as_str()));
+            let frame = client
+                .recv_where(|f| matches!(f, ServerFrame::Message { .. }))
+                .await;
+            let ServerFrame::Message {
+                room: r,
+                seq,
+                id,
+                event,
+                from,
+                ts,
+                data,
+            } = frame
+            else {
+                unreachable!()
+            };
+            assert_eq!(
+                (r.as_str(), seq, id.as_str()),
+                (room.as_str(), n, format!("e{n}").as_str())
+            );
             assert_eq!((event.as_str(), from.as_str()), ("msg", "alice"));
             assert_eq!(data, json!({ "n": n }));
             assert!(ts > 0);
@@ -98,7 +125,10 @@ async fn rooms_are_isolated() {
     a.publish_acked("a3", &room_a, json!("for a")).await;
     assert_eq!(a.expect_message(&room_a).await.0, 3);
     while let Some(frame) = a.pending_frame() {
-        assert!(!matches!(&frame, ServerFrame::Message { room, .. } if *room == room_b), "{frame:?}");
+        assert!(
+            !matches!(&frame, ServerFrame::Message { room, .. } if *room == room_b),
+            "{frame:?}"
+        );
     }
 }
 
@@ -132,7 +162,11 @@ async fn concurrent_publishers_see_one_gap_free_order() {
     assert_eq!(orders[0], orders[2]);
     // Each publisher's events keep the order it sent them in.
     for prefix in ["a", "b"] {
-        let own: Vec<_> = orders[0].iter().filter(|id| id.starts_with(prefix)).cloned().collect();
+        let own: Vec<_> = orders[0]
+            .iter()
+            .filter(|id| id.starts_with(prefix))
+            .cloned()
+            .collect();
         let sent: Vec<_> = (0..N).map(|n| format!("{prefix}{n}")).collect();
         assert_eq!(own, sent);
     }
@@ -158,12 +192,16 @@ async fn duplicate_ids_are_acked_every_time_and_delivered_once() {
     // A second connection of the same user, concurrently open.
     let mut second = app.client("alice").await;
     second.join(&room).await;
-    second.publish_acked(&id, &room, json!("second connection")).await;
+    second
+        .publish_acked(&id, &room, json!("second connection"))
+        .await;
     // After reconnecting.
     first.close().await;
     let mut again = app.client("alice").await;
     again.join(&room).await;
-    again.publish_acked(&id, &room, json!("after reconnect")).await;
+    again
+        .publish_acked(&id, &room, json!("after reconnect"))
+        .await;
     // The same id from another user is a different event.
     let mut bob = app.client("bob").await;
     bob.join(&room).await;
@@ -172,7 +210,10 @@ async fn duplicate_ids_are_acked_every_time_and_delivered_once() {
     again.publish_acked(&marker, &room, json!("marker")).await;
 
     let (seq, got, data) = watcher.expect_message(&room).await;
-    assert_eq!((seq, got.as_str(), data), (1, id.as_str(), json!("original")));
+    assert_eq!(
+        (seq, got.as_str(), data),
+        (1, id.as_str(), json!("original"))
+    );
     let (seq, got, data) = watcher.expect_message(&room).await;
     assert_eq!((seq, got.as_str(), data), (2, id.as_str(), json!("bob's")));
     let (seq, got, _) = watcher.expect_message(&room).await;
@@ -182,10 +223,14 @@ async fn duplicate_ids_are_acked_every_time_and_delivered_once() {
     assert_eq!(app.store.last_seq(&room).await.unwrap(), 3);
     let mut late = app.client("late").await;
     assert_eq!(late.join_since(&room, Some(0)).await, 3);
-    let replayed: Vec<_> = [late.expect_message(&room).await, late.expect_message(&room).await, late.expect_message(&room).await]
-        .into_iter()
-        .map(|(seq, id, _)| (seq, id))
-        .collect();
+    let replayed: Vec<_> = [
+        late.expect_message(&room).await,
+        late.expect_message(&room).await,
+        late.expect_message(&room).await,
+    ]
+    .into_iter()
+    .map(|(seq, id, _)| (seq, id))
+    .collect();
     assert_eq!(replayed, vec![(1, id.clone()), (2, id), (3, marker)]);
 }
 
@@ -210,7 +255,9 @@ async fn bad_frames_get_invalid_frame_and_the_connection_stays_usable() {
     for text in &bad {
         client.send_text(text).await;
         let frame = client.expect_error(ErrorCode::InvalidFrame).await;
-        let ServerFrame::Error { message, .. } = frame else { unreachable!() };
+        let ServerFrame::Error { message, .. } = frame else {
+            unreachable!()
+        };
         assert!(!message.is_empty());
     }
     client.send_raw(Message::binary(vec![1u8, 2, 3])).await;
@@ -220,6 +267,25 @@ async fn bad_frames_get_invalid_frame_and_the_connection_stays_usable() {
     assert_eq!(client.join(&room).await, 0);
     client.publish_acked("ok", &room, json!(null)).await;
     assert_eq!(client.expect_message(&room).await.0, 1);
+}
+
+#[tokio::test]
+async fn invalid_names_are_never_echoed() {
+    let app = TestApp::start().await;
+    let mut client = app.client("alice").await;
+    let frame = json!({ "type": "publish", "id": "has space", "room": "bad room!", "event": "e" });
+    client.send_text(&frame.to_string()).await;
+    let ServerFrame::Error { room, id, .. } = client.expect_error(ErrorCode::InvalidFrame).await
+    else {
+        unreachable!()
+    };
+    assert_eq!((room, id), (None, None), "an invalid room or id was echoed");
+    let frame = json!({ "type": "publish", "id": "has space", "room": "fine", "event": "e" });
+    client.send_text(&frame.to_string()).await;
+    let ServerFrame::Error { room, .. } = client.expect_error(ErrorCode::InvalidFrame).await else {
+        unreachable!()
+    };
+    assert_eq!(room.as_deref(), Some("fine"));
 }
 
 #[tokio::test]
@@ -252,11 +318,22 @@ async fn too_many_rooms_is_refused() {
     client.join(&rooms[1]).await;
     // Joining a held room again is fine.
     client.join(&rooms[1]).await;
-    client.send(&ClientFrame::Join { room: rooms[2].clone(), since: None }).await;
+    client
+        .send(&ClientFrame::Join {
+            room: rooms[2].clone(),
+            since: None,
+        })
+        .await;
     client.expect_error(ErrorCode::TooManyRooms).await;
     // After leaving one, there is room again.
-    client.send(&ClientFrame::Leave { room: rooms[0].clone() }).await;
-    client.recv_where(|f| matches!(f, ServerFrame::Left { .. })).await;
+    client
+        .send(&ClientFrame::Leave {
+            room: rooms[0].clone(),
+        })
+        .await;
+    client
+        .recv_where(|f| matches!(f, ServerFrame::Left { .. }))
+        .await;
     client.join(&rooms[2]).await;
 }
 
@@ -290,7 +367,12 @@ async fn a_flooding_client_is_rate_limited_without_slowing_others() {
             .await;
         match frame {
             ServerFrame::Ack { .. } => acked += 1,
-            ServerFrame::Error { code: ErrorCode::RateLimited, retry_after_ms: Some(ms), room: Some(r), .. } => {
+            ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                retry_after_ms: Some(ms),
+                room: Some(r),
+                ..
+            } => {
                 assert_eq!(r, room);
                 limited.push(ms);
             }
@@ -315,4 +397,52 @@ async fn a_flooding_client_is_rate_limited_without_slowing_others() {
     let wait = *limited.iter().max().unwrap();
     tokio::time::sleep(std::time::Duration::from_millis(wait + 250)).await;
     flooder.publish_acked("after", &room, json!("ok")).await;
+}
+
+#[tokio::test]
+async fn a_client_close_is_answered_and_frees_the_rooms() {
+    use tokio_tungstenite::tungstenite::protocol::CloseFrame;
+    let app = TestApp::start().await;
+    let room = room();
+    let mut client = app.client("alice").await;
+    client.join(&room).await;
+    assert_eq!(app.gateway.room_count(), 1);
+    client
+        .send_raw(Message::Close(Some(CloseFrame {
+            code: CloseCode::Normal,
+            reason: "bye".into(),
+        })))
+        .await;
+    let reply = client
+        .expect_close()
+        .await
+        .expect("the server answers the close");
+    assert_eq!(reply.code, CloseCode::Normal);
+    // The session ends and leaves its room (polling a counter: there is no event to await).
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while app.gateway.session_count() > 0 || app.gateway.room_count() > 0 {
+        assert!(tokio::time::Instant::now() < deadline, "session still open");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test]
+async fn silent_connections_are_closed_and_listening_ones_kept() {
+    let app = TestApp::start_with(|config| {
+        config.ping_interval = std::time::Duration::from_millis(100);
+        config.idle_timeout = std::time::Duration::from_millis(500);
+    })
+    .await;
+    let room = room();
+    let mut listening = app.client("alice").await;
+    let mut silent = app.client("bob").await;
+    listening.join(&room).await;
+    // The listening client only reads (answering pings) for well over the idle timeout.
+    let quiet =
+        tokio::time::timeout(std::time::Duration::from_millis(1500), listening.next_raw()).await;
+    assert!(quiet.is_err(), "no frame but pings was expected: {quiet:?}");
+    listening.publish_acked("still-here", &room, json!(1)).await;
+    // The silent client never read, so it never answered a ping: closed with 1008.
+    let close = silent.expect_close().await.expect("a close frame");
+    assert_eq!(close.code, CloseCode::Policy);
 }

@@ -125,7 +125,10 @@ pub struct Handlers {
 
 impl Default for Handlers {
     fn default() -> Self {
-        Handlers { by_event: BTreeMap::new(), default: Arc::new(StoreAndFanout) }
+        Handlers {
+            by_event: BTreeMap::new(),
+            default: Arc::new(StoreAndFanout),
+        }
     }
 }
 
@@ -165,7 +168,9 @@ impl Handlers {
 
     /// The handler for events named `event`.
     pub fn get(&self, event: &str) -> &dyn EventHandler {
-        self.by_event.get(event).map_or(&*self.default, |handler| &**handler)
+        self.by_event
+            .get(event)
+            .map_or(&*self.default, |handler| &**handler)
     }
 
     /// The event names with a handler of their own, in name order.
@@ -201,16 +206,33 @@ mod tests {
     async fn dispatches_by_event_name_with_a_default() {
         let handlers = Handlers::new()
             .on_fn("typing", |_| Ok(Disposition::Drop))
-            .on_fn("bad", |e| Err(HandlerError::Permanent(format!("no {}", e.event))))
+            .on_fn("bad", |e| {
+                Err(HandlerError::Permanent(format!("no {}", e.event)))
+            })
             .on_fn("later", |_| Err(HandlerError::Transient("busy".into())));
-        assert_eq!(handlers.handle(&event("chat")).await, Ok(Disposition::Deliver));
-        assert_eq!(handlers.handle(&event("typing")).await, Ok(Disposition::Drop));
-        assert_eq!(handlers.handle(&event("bad")).await, Err(HandlerError::Permanent("no bad".into())));
-        assert_eq!(handlers.handle(&event("later")).await, Err(HandlerError::Transient("busy".into())));
+        assert_eq!(
+            handlers.handle(&event("chat")).await,
+            Ok(Disposition::Deliver)
+        );
+        assert_eq!(
+            handlers.handle(&event("typing")).await,
+            Ok(Disposition::Drop)
+        );
+        assert_eq!(
+            handlers.handle(&event("bad")).await,
+            Err(HandlerError::Permanent("no bad".into()))
+        );
+        assert_eq!(
+            handlers.handle(&event("later")).await,
+            Err(HandlerError::Transient("busy".into()))
+        );
 
         let strict = handlers.with_default(FnHandler(|_: &InboundEvent| Ok(Disposition::Drop)));
         assert_eq!(strict.handle(&event("chat")).await, Ok(Disposition::Drop));
-        assert_eq!(strict.handle(&event("bad")).await, Err(HandlerError::Permanent("no bad".into())));
+        assert_eq!(
+            strict.handle(&event("bad")).await,
+            Err(HandlerError::Permanent("no bad".into()))
+        );
     }
 
     #[tokio::test]

@@ -29,7 +29,11 @@ struct Args {
     #[arg(long, env = "ROOMCAST_STORE_URL", hide_env_values = true)]
     store_url: String,
     /// Consumer group; the workers of one group share the stream.
-    #[arg(long, env = "ROOMCAST_WORKER_GROUP", default_value = "roomcast-workers")]
+    #[arg(
+        long,
+        env = "ROOMCAST_WORKER_GROUP",
+        default_value = "roomcast-workers"
+    )]
     group: String,
     /// Most events handled (and stored in one transaction) per batch.
     #[arg(long, env = "ROOMCAST_WORKER_BATCH_MAX", default_value_t = 256)]
@@ -48,7 +52,9 @@ struct Args {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")))
+        .with_env_filter(
+            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
+        )
         .with_ansi(std::io::stdout().is_terminal())
         .init();
     let args = Args::parse();
@@ -56,7 +62,12 @@ async fn main() -> anyhow::Result<()> {
     let store_url = redacted(&args.store_url);
     tracing::info!(broker = %broker_url, store = %store_url, "roomcast-worker starting");
 
-    if args.broker_url.trim_start().to_ascii_lowercase().starts_with("embedded:") {
+    if args
+        .broker_url
+        .trim_start()
+        .to_ascii_lowercase()
+        .starts_with("embedded:")
+    {
         bail!(
             "the embedded broker ({broker_url}) runs inside the all-in-one `roomcast` process \
              only (its fan-out is in memory); run `roomcast`, which includes the worker, or \
@@ -79,7 +90,9 @@ async fn main() -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     tokio::spawn(cancel_on_signal(shutdown.clone()));
-    let result = Worker::new(broker.clone(), store.clone(), config).run(shutdown).await;
+    let result = Worker::new(broker.clone(), store.clone(), config)
+        .run(shutdown)
+        .await;
     broker.close().await;
     store.close().await;
     result.context("the worker failed")

@@ -11,8 +11,8 @@
 //! and inserts them. Seqs stay gap-free and unique under concurrent appenders: SQLite takes
 //! the write lock at `BEGIN IMMEDIATE`; PostgreSQL locks the `rooms` rows with
 //! `INSERT … ON CONFLICT DO UPDATE`, in sorted room order so that two appenders never
-//! deadlock. The numbering itself is dialect-independent ([`plan`]); the dialect
-//! differences are the SQL text and how many statements a step takes, all in [`Backend`].
+//! deadlock. The numbering itself is dialect-independent (`plan`); the dialect
+//! differences are the SQL text and how many statements a step takes, all in `Backend`.
 
 use roomcast_schemas::{ENVELOPE_VERSION, FanoutMessage, InboundEvent};
 use serde_json::value::RawValue;
@@ -265,10 +265,14 @@ impl Backend {
         } else {
             let path = options.get_filename();
             if path.as_os_str().is_empty() {
-                return Err(StoreError::Config("the SQLite URL has no file path".to_owned()));
+                return Err(StoreError::Config(
+                    "the SQLite URL has no file path".to_owned(),
+                ));
             }
             if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
-                tokio::fs::create_dir_all(dir).await.map_err(sqlx::Error::Io)?;
+                tokio::fs::create_dir_all(dir)
+                    .await
+                    .map_err(sqlx::Error::Io)?;
             }
             SqlitePoolOptions::new().max_connections(MAX_CONNECTIONS)
         };
@@ -276,7 +280,10 @@ impl Backend {
             .acquire_timeout(ACQUIRE_TIMEOUT)
             .connect_with(options)
             .await?;
-        Ok(Backend::Sqlite { pool, write: Arc::new(Mutex::new(())) })
+        Ok(Backend::Sqlite {
+            pool,
+            write: Arc::new(Mutex::new(())),
+        })
     }
 
     async fn connect_postgres(url: &str) -> Result<Backend, StoreError> {
@@ -330,7 +337,10 @@ impl Backend {
                     .fetch_optional(&mut *tx)
                     .await?;
                     if let Some(row) = row {
-                        existing.insert((event.from.as_str(), event.id.as_str()), row.into_message()?);
+                        existing.insert(
+                            (event.from.as_str(), event.id.as_str()),
+                            row.into_message()?,
+                        );
                     }
                 }
                 let mut last_seqs = HashMap::new();
@@ -373,8 +383,10 @@ impl Backend {
             }
             Backend::Postgres(pool) => {
                 let mut tx = pool.begin().await?;
-                let (senders, ids): (Vec<&str>, Vec<&str>) =
-                    events.iter().map(|e| (e.from.as_str(), e.id.as_str())).unzip();
+                let (senders, ids): (Vec<&str>, Vec<&str>) = events
+                    .iter()
+                    .map(|e| (e.from.as_str(), e.id.as_str()))
+                    .unzip();
                 let rows: Vec<MessageRow> = sqlx::query_as(
                     "SELECT m.room, m.seq, m.id, m.sender, m.event, m.ts, m.data \
                      FROM messages m JOIN UNNEST($1::text[], $2::text[]) AS k(sender, id) \
@@ -385,12 +397,19 @@ impl Backend {
                 .fetch_all(&mut *tx)
                 .await?;
                 // Key by the batch's strings, which outlive the plan.
-                let index: HashMap<(&str, &str), usize> =
-                    senders.iter().copied().zip(ids.iter().copied()).enumerate().map(|(i, key)| (key, i)).collect();
+                let index: HashMap<(&str, &str), usize> = senders
+                    .iter()
+                    .copied()
+                    .zip(ids.iter().copied())
+                    .enumerate()
+                    .map(|(i, key)| (key, i))
+                    .collect();
                 let mut existing = Existing::new();
                 for row in rows {
                     let message = row.into_message()?;
-                    let found = index.get(&(message.from.as_str(), message.id.as_str())).copied();
+                    let found = index
+                        .get(&(message.from.as_str(), message.id.as_str()))
+                        .copied();
                     if let Some(event) = found.and_then(|i| events.get(i)) {
                         existing.insert((event.from.as_str(), event.id.as_str()), message);
                     }
@@ -495,25 +514,33 @@ impl Plan<'_> {
 /// `last_seqs` holds the current last seq of every room that may get a new message.
 fn plan<'a>(
     events: &'a [InboundEvent],
-    mut existing: Existing<'a>,
+    existing: Existing<'a>,
     mut last_seqs: HashMap<&'a str, u64>,
 ) -> Plan<'a> {
-    let mut results = Vec::with_capacity(events.len());
+    let mut results: Vec<Appended> = Vec::with_capacity(events.len());
     let mut changed = HashMap::new();
+    // Events stored by this batch, by key: the index of their result.
+    let mut batch: HashMap<(&str, &str), usize> = HashMap::new();
     for event in events {
         let key = (event.from.as_str(), event.id.as_str());
-        if let Some(stored) = existing.get(&key) {
+        let stored = match batch.get(&key) {
+            Some(&index) => results.get(index).map(Appended::message),
+            None => existing.get(&key),
+        };
+        if let Some(stored) = stored {
             results.push(Appended::Duplicate(stored.clone()));
             continue;
         }
         let last = last_seqs.entry(event.room.as_str()).or_insert(0);
         *last += 1;
         changed.insert(event.room.as_str(), *last);
-        let message = FanoutMessage::from_event(event, *last);
-        existing.insert(key, message.clone());
-        results.push(Appended::New(message));
+        batch.insert(key, results.len());
+        results.push(Appended::New(FanoutMessage::from_event(event, *last)));
     }
-    Plan { results, last_seqs: changed }
+    Plan {
+        results,
+        last_seqs: changed,
+    }
 }
 
 /// The column arrays of a PostgreSQL multi-row insert (`UNNEST`).
@@ -616,7 +643,10 @@ mod tests {
             .iter()
             .map(|a| (a.is_new(), a.message().seq))
             .collect();
-        assert_eq!(seqs, [(true, 5), (true, 1), (true, 6), (false, 5), (true, 7)]);
+        assert_eq!(
+            seqs,
+            [(true, 5), (true, 1), (true, 6), (false, 5), (true, 7)]
+        );
         assert_eq!(plan.last_seqs, HashMap::from([("a", 7), ("b", 1)]));
     }
 
@@ -627,7 +657,9 @@ mod tests {
         stored.event = "original".to_owned();
         let existing = Existing::from([(("u", "1"), stored)]);
         let plan = plan(&events, existing, HashMap::new());
-        assert!(matches!(&plan.results[..], [Appended::Duplicate(m)] if m.seq == 9 && m.event == "original"));
+        assert!(
+            matches!(&plan.results[..], [Appended::Duplicate(m)] if m.seq == 9 && m.event == "original")
+        );
         assert!(plan.last_seqs.is_empty());
     }
 }

@@ -82,13 +82,19 @@ impl WorkerConfig {
             return Err(WorkerError::Config("group must not be empty".to_owned()));
         }
         if self.batch_max == 0 {
-            return Err(WorkerError::Config("batch_max must be at least 1".to_owned()));
+            return Err(WorkerError::Config(
+                "batch_max must be at least 1".to_owned(),
+            ));
         }
         if self.max_attempts == 0 {
-            return Err(WorkerError::Config("max_attempts must be at least 1".to_owned()));
+            return Err(WorkerError::Config(
+                "max_attempts must be at least 1".to_owned(),
+            ));
         }
         if self.retry_initial > self.retry_max {
-            return Err(WorkerError::Config("retry_initial must not exceed retry_max".to_owned()));
+            return Err(WorkerError::Config(
+                "retry_initial must not exceed retry_max".to_owned(),
+            ));
         }
         Ok(())
     }
@@ -98,7 +104,10 @@ impl WorkerConfig {
     /// ("equal jitter"), so that many workers retrying at once spread out.
     pub fn backoff(&self, failures: u32) -> Duration {
         let doublings = failures.saturating_sub(1).min(31);
-        let full = self.retry_initial.saturating_mul(1 << doublings).min(self.retry_max);
+        let full = self
+            .retry_initial
+            .saturating_mul(1 << doublings)
+            .min(self.retry_max);
         let half = full / 2;
         half + rand::rng().random_range(Duration::ZERO..=full - half)
     }
@@ -237,7 +246,9 @@ impl Worker {
                     };
                     match joined {
                         Ok(joined) => stream.insert(joined),
-                        Err(error) if is_fatal(&error) => return self.broker_failed(shutdown, error),
+                        Err(error) if is_fatal(&error) => {
+                            return self.broker_failed(shutdown, error);
+                        }
                         Err(error) => {
                             failures += 1;
                             if !self.wait_for_broker(shutdown, failures, &error).await {
@@ -274,7 +285,11 @@ impl Worker {
     }
 
     /// A fatal broker error ends the worker, unless it is the broker closing during shutdown.
-    fn broker_failed(&self, shutdown: &CancellationToken, error: BrokerError) -> Result<(), WorkerError> {
+    fn broker_failed(
+        &self,
+        shutdown: &CancellationToken,
+        error: BrokerError,
+    ) -> Result<(), WorkerError> {
         if shutdown.is_cancelled() && matches!(error, BrokerError::Closed) {
             Ok(())
         } else {
@@ -283,7 +298,12 @@ impl Worker {
     }
 
     /// Backs off after the broker failed to serve the stream; `false` on shutdown.
-    async fn wait_for_broker(&self, shutdown: &CancellationToken, failures: u32, error: &BrokerError) -> bool {
+    async fn wait_for_broker(
+        &self,
+        shutdown: &CancellationToken,
+        failures: u32,
+        error: &BrokerError,
+    ) -> bool {
         let delay = self.config.backoff(failures);
         tracing::warn!(%error, failures, retry_in_ms = delay.as_millis(), "inbound stream failed; retrying");
         self.counters.send_modify(|c| c.outages += 1);
@@ -297,9 +317,18 @@ impl Worker {
         retries: &mut RetryQueue,
     ) -> Result<Flow, WorkerError> {
         let mut batch = Batch {
-            items: deliveries.into_iter().map(|delivery| Item { delivery, state: State::Received }).collect(),
+            items: deliveries
+                .into_iter()
+                .map(|delivery| Item {
+                    delivery,
+                    state: State::Received,
+                })
+                .collect(),
             held: HashSet::new(),
-            tally: WorkerCounters { batches: 1, ..WorkerCounters::default() },
+            tally: WorkerCounters {
+                batches: 1,
+                ..WorkerCounters::default()
+            },
         };
         self.handle(&mut batch).await;
         let mut outages = 0;
@@ -376,15 +405,17 @@ impl Worker {
         let pending: Vec<usize> = (0..batch.items.len())
             .filter(|&i| matches!(batch.items[i].state, State::Pending(_)))
             .collect();
-        let events: Vec<InboundEvent> = pending
-            .iter()
-            .filter_map(|&i| match &batch.items[i].state {
-                State::Pending(event) => Some(event.clone()),
-                _ => None,
-            })
-            .collect();
-        if events.is_empty() {
+        if pending.is_empty() {
             return Ok(());
+        }
+        // Move the events out for the append; they go back on failure.
+        let mut events = Vec::with_capacity(pending.len());
+        for &i in &pending {
+            if let State::Pending(event) =
+                std::mem::replace(&mut batch.items[i].state, State::Received)
+            {
+                events.push(event);
+            }
         }
         let error = match self.store.append(&events).await {
             Ok(results) => {
@@ -395,32 +426,53 @@ impl Worker {
             }
             Err(error) => error,
         };
+        for (&i, event) in pending.iter().zip(events) {
+            batch.items[i].state = State::Pending(event);
+        }
         self.check_store(&error).await?;
-        if events.len() == 1 {
+        if pending.len() == 1 {
             let reason = format!("storing the event failed: {error}");
-            self.fail(&mut batch.items[pending[0]], &mut batch.held, &mut batch.tally, reason);
+            self.fail(
+                &mut batch.items[pending[0]],
+                &mut batch.held,
+                &mut batch.tally,
+                reason,
+            );
             return Ok(());
         }
         // The store answers, so one of the events is at fault: store them one by one so that
         // only that event (and its room's later events) is retried.
-        tracing::warn!(%error, events = events.len(), "batch append failed; appending one by one");
-        for (&i, event) in pending.iter().zip(&events) {
+        tracing::warn!(%error, events = pending.len(), "batch append failed; appending one by one");
+        for i in pending {
             if batch.held.contains(&batch.items[i].delivery.key) {
                 batch.items[i].state = State::Blocked;
                 continue;
             }
+            let State::Pending(event) = &batch.items[i].state else {
+                continue;
+            };
             match self.store.append(std::slice::from_ref(event)).await {
                 Ok(mut results) => match results.pop() {
                     Some(appended) => batch.stored(i, appended),
                     None => {
                         let reason = "the store returned no result".to_owned();
-                        self.fail(&mut batch.items[i], &mut batch.held, &mut batch.tally, reason);
+                        self.fail(
+                            &mut batch.items[i],
+                            &mut batch.held,
+                            &mut batch.tally,
+                            reason,
+                        );
                     }
                 },
                 Err(error) => {
                     self.check_store(&error).await?;
                     let reason = format!("storing the event failed: {error}");
-                    self.fail(&mut batch.items[i], &mut batch.held, &mut batch.tally, reason);
+                    self.fail(
+                        &mut batch.items[i],
+                        &mut batch.held,
+                        &mut batch.tally,
+                        reason,
+                    );
                 }
             }
         }
@@ -438,7 +490,9 @@ impl Worker {
     /// Step 3: publish the fan-out message of every stored event, in batch order.
     async fn publish(&self, batch: &mut Batch) -> Result<(), Failure> {
         for item in &mut batch.items {
-            let State::Stored(message) = &item.state else { continue };
+            let State::Stored(message) = &item.state else {
+                continue;
+            };
             if batch.held.contains(&item.delivery.key) {
                 // Stored already; the redelivery re-publishes it after the earlier event.
                 item.state = State::Blocked;
@@ -446,8 +500,14 @@ impl Worker {
             }
             let seq = message.seq;
             let result = match serde_json::to_vec(message) {
-                Ok(payload) => self.broker.publish_fanout(&message.room, Bytes::from(payload)).await,
-                Err(error) => Err(BrokerError::Rejected(format!("cannot encode the message: {error}"))),
+                Ok(payload) => {
+                    self.broker
+                        .publish_fanout(&message.room, Bytes::from(payload))
+                        .await
+                }
+                Err(error) => Err(BrokerError::Rejected(format!(
+                    "cannot encode the message: {error}"
+                ))),
             };
             match result {
                 Ok(()) => item.state = State::Done,
@@ -456,7 +516,8 @@ impl Worker {
                     if self.broker.health().await.is_err() {
                         return Err(Failure::Outage(format!("fan-out publish failed: {error}")));
                     }
-                    let reason = format!("stored as seq {seq}, but the fan-out publish failed: {error}");
+                    let reason =
+                        format!("stored as seq {seq}, but the fan-out publish failed: {error}");
                     self.fail(item, &mut batch.held, &mut batch.tally, reason);
                 }
             }
@@ -467,7 +528,9 @@ impl Worker {
     /// Step 4: write the dead letters.
     async fn dead_letter(&self, batch: &mut Batch) -> Result<(), Failure> {
         for item in &mut batch.items {
-            let State::DeadLetter(reason) = &item.state else { continue };
+            let State::DeadLetter(reason) = &item.state else {
+                continue;
+            };
             let delivery = &item.delivery;
             let letter = DeadLetter {
                 v: ENVELOPE_VERSION,
@@ -477,9 +540,14 @@ impl Worker {
                 key: delivery.key.clone(),
                 payload: String::from_utf8_lossy(&delivery.payload).into_owned(),
             };
-            let payload = serde_json::to_vec(&letter)
-                .map_err(|error| Failure::Outage(format!("cannot encode a dead letter: {error}")))?;
-            match self.broker.dead_letter(&delivery.key, Bytes::from(payload)).await {
+            let payload = serde_json::to_vec(&letter).map_err(|error| {
+                Failure::Outage(format!("cannot encode a dead letter: {error}"))
+            })?;
+            match self
+                .broker
+                .dead_letter(&delivery.key, Bytes::from(payload))
+                .await
+            {
                 Ok(()) => {
                     tracing::error!(
                         key = %delivery.key,
@@ -491,7 +559,11 @@ impl Worker {
                     item.state = State::Done;
                 }
                 Err(error) if is_fatal(&error) => return Err(Failure::Fatal(error)),
-                Err(error) => return Err(Failure::Outage(format!("dead-letter write failed: {error}"))),
+                Err(error) => {
+                    return Err(Failure::Outage(format!(
+                        "dead-letter write failed: {error}"
+                    )));
+                }
             }
         }
         Ok(())
@@ -499,7 +571,13 @@ impl Worker {
 
     /// An event failed on its own: retry it (holding its room) or, on its last attempt,
     /// dead-letter it.
-    fn fail(&self, item: &mut Item, held: &mut HashSet<String>, tally: &mut WorkerCounters, reason: String) {
+    fn fail(
+        &self,
+        item: &mut Item,
+        held: &mut HashSet<String>,
+        tally: &mut WorkerCounters,
+        reason: String,
+    ) {
         let attempt = item.delivery.attempt;
         let max_attempts = self.config.max_attempts;
         if attempt >= max_attempts {
@@ -539,7 +617,10 @@ impl Worker {
             .inspect(|error| tracing::debug!(%error, "ack failed"))
             .count();
         if failed_acks > 0 {
-            tracing::warn!(failed_acks, "acks failed; those events will be redelivered and deduplicated");
+            tracing::warn!(
+                failed_acks,
+                "acks failed; those events will be redelivered and deduplicated"
+            );
         }
         for delivery in now {
             if let Err(error) = delivery.nack().await {
@@ -555,7 +636,10 @@ impl Worker {
 
 /// Whether a broker error ends the worker instead of being retried.
 fn is_fatal(error: &BrokerError) -> bool {
-    matches!(error, BrokerError::Closed | BrokerError::Config(_) | BrokerError::Rejected(_))
+    matches!(
+        error,
+        BrokerError::Closed | BrokerError::Config(_) | BrokerError::Rejected(_)
+    )
 }
 
 /// Decodes and validates a delivery's payload; the error is the dead letter's reason.
@@ -563,14 +647,17 @@ fn decode(delivery: &Delivery) -> Result<InboundEvent, String> {
     let event: InboundEvent = serde_json::from_slice(&delivery.payload)
         .map_err(|error| format!("undecodable payload: {error}"))?;
     if event.v != ENVELOPE_VERSION {
-        return Err(format!("unsupported envelope version {} (expected {ENVELOPE_VERSION})", event.v));
+        return Err(format!(
+            "unsupported envelope version {} (expected {ENVELOPE_VERSION})",
+            event.v
+        ));
     }
     let invalid = |error: names::NameError| format!("invalid event: {error}");
     names::check_room(&event.room).map_err(invalid)?;
     names::check_event(&event.event).map_err(invalid)?;
     names::check_id(&event.id).map_err(invalid)?;
-    if event.from.is_empty() {
-        return Err("invalid event: `from` is empty".to_owned());
+    if event.from.is_empty() || event.from.chars().any(char::is_control) {
+        return Err("invalid event: `from` is empty or holds control characters".to_owned());
     }
     if event.room != delivery.key {
         return Err(format!(
@@ -582,7 +669,9 @@ fn decode(delivery: &Delivery) -> Result<InboundEvent, String> {
 }
 
 fn now_ms() -> u64 {
-    let elapsed = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default();
+    let elapsed = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
     u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX)
 }
 
@@ -664,7 +753,10 @@ struct RetryQueue {
 
 impl RetryQueue {
     fn new(cancel: CancellationToken) -> Self {
-        RetryQueue { tasks: JoinSet::new(), cancel }
+        RetryQueue {
+            tasks: JoinSet::new(),
+            cancel,
+        }
     }
 
     /// Nacks `deliveries`, in order, after `delay`.
@@ -714,10 +806,21 @@ mod tests {
     #[test]
     fn backoff_doubles_up_to_the_cap_with_equal_jitter() {
         let config = config(100, 1_000);
-        for (failures, full) in [(0, 100), (1, 100), (2, 200), (3, 400), (4, 800), (5, 1_000), (60, 1_000)] {
+        for (failures, full) in [
+            (0, 100),
+            (1, 100),
+            (2, 200),
+            (3, 400),
+            (4, 800),
+            (5, 1_000),
+            (60, 1_000),
+        ] {
             for _ in 0..50 {
                 let delay = config.backoff(failures).as_millis();
-                assert!((full / 2..=full).contains(&delay), "failure {failures}: {delay}ms not in {full}/2..={full}");
+                assert!(
+                    (full / 2..=full).contains(&delay),
+                    "failure {failures}: {delay}ms not in {full}/2..={full}"
+                );
             }
         }
         assert_eq!(self::config(0, 0).backoff(3), Duration::ZERO);
@@ -726,13 +829,25 @@ mod tests {
     #[test]
     fn invalid_configs_are_refused() {
         let bad = [
-            WorkerConfig { group: String::new(), ..WorkerConfig::default() },
-            WorkerConfig { batch_max: 0, ..WorkerConfig::default() },
-            WorkerConfig { max_attempts: 0, ..WorkerConfig::default() },
+            WorkerConfig {
+                group: String::new(),
+                ..WorkerConfig::default()
+            },
+            WorkerConfig {
+                batch_max: 0,
+                ..WorkerConfig::default()
+            },
+            WorkerConfig {
+                max_attempts: 0,
+                ..WorkerConfig::default()
+            },
             config(10, 5),
         ];
         for config in bad {
-            assert!(matches!(config.validate(), Err(WorkerError::Config(_))), "{config:?}");
+            assert!(
+                matches!(config.validate(), Err(WorkerError::Config(_))),
+                "{config:?}"
+            );
         }
         assert!(WorkerConfig::default().validate().is_ok());
     }
@@ -765,6 +880,9 @@ mod tests {
             assert!(sleep_unless_cancelled(&shutdown, config.backoff(failures)).await);
         }
         let waited = start.elapsed();
-        assert!(waited >= Duration::from_millis(750) && waited <= Duration::from_millis(1_500), "{waited:?}");
+        assert!(
+            waited >= Duration::from_millis(750) && waited <= Duration::from_millis(1_500),
+            "{waited:?}"
+        );
     }
 }

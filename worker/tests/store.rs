@@ -18,16 +18,24 @@ impl Target {
     async fn sqlite() -> Target {
         let dir = tempfile::tempdir().expect("tempdir");
         let url = format!("sqlite://{}", dir.path().join("store.db").display());
-        Target { url, _guard: Box::new(dir) }
+        Target {
+            url,
+            _guard: Box::new(dir),
+        }
     }
 
     async fn postgres() -> Target {
         let db = PgDatabase::create().await;
-        Target { url: db.url.clone(), _guard: Box::new(db) }
+        Target {
+            url: db.url.clone(),
+            _guard: Box::new(db),
+        }
     }
 
     async fn connect(&self) -> Store {
-        Store::connect(&self.url).await.expect("connect to the store")
+        Store::connect(&self.url)
+            .await
+            .expect("connect to the store")
     }
 }
 
@@ -58,7 +66,10 @@ on_both_dialects!(
 );
 
 fn seqs(appended: &[Appended]) -> Vec<(bool, u64)> {
-    appended.iter().map(|a| (a.is_new(), a.message().seq)).collect()
+    appended
+        .iter()
+        .map(|a| (a.is_new(), a.message().seq))
+        .collect()
 }
 
 async fn seqs_count_from_one_per_room(target: &Target) {
@@ -76,12 +87,23 @@ async fn seqs_count_from_one_per_room(target: &Target) {
     assert_eq!(seqs(&appended), [(true, 1), (true, 1), (true, 2)]);
     for (appended, event) in appended.iter().zip(&first) {
         let message = appended.message();
-        assert_eq!((message.room.as_str(), message.id.as_str()), (event.room.as_str(), event.id.as_str()));
-        assert_eq!((message.from.as_str(), message.event.as_str()), (event.from.as_str(), "say"));
-        assert_eq!((message.ts, message.data.get()), (event.ts, event.data.get()));
+        assert_eq!(
+            (message.room.as_str(), message.id.as_str()),
+            (event.room.as_str(), event.id.as_str())
+        );
+        assert_eq!(
+            (message.from.as_str(), message.event.as_str()),
+            (event.from.as_str(), "say")
+        );
+        assert_eq!(
+            (message.ts, message.data.get()),
+            (event.ts, event.data.get())
+        );
     }
 
-    let second: Vec<InboundEvent> = (3..=5).map(|i| event(&a, "u3", &i.to_string(), "null")).collect();
+    let second: Vec<InboundEvent> = (3..=5)
+        .map(|i| event(&a, "u3", &i.to_string(), "null"))
+        .collect();
     let appended = store.append(&second).await.expect("append");
     assert_eq!(seqs(&appended), [(true, 3), (true, 4), (true, 5)]);
 
@@ -95,10 +117,16 @@ async fn seqs_count_from_one_per_room(target: &Target) {
         .into_iter()
         .map(|m| (m.seq, m.from, m.id))
         .collect();
-    let expected: Vec<(u64, String, String)> = [(1, "u1", "1"), (2, "u2", "1"), (3, "u3", "3"), (4, "u3", "4"), (5, "u3", "5")]
-        .into_iter()
-        .map(|(seq, from, id)| (seq, from.to_owned(), id.to_owned()))
-        .collect();
+    let expected: Vec<(u64, String, String)> = [
+        (1, "u1", "1"),
+        (2, "u2", "1"),
+        (3, "u3", "3"),
+        (4, "u3", "4"),
+        (5, "u3", "5"),
+    ]
+    .into_iter()
+    .map(|(seq, from, id)| (seq, from.to_owned(), id.to_owned()))
+    .collect();
     assert_eq!(stored, expected);
     assert!(store.append(&[]).await.unwrap().is_empty());
 }
@@ -133,7 +161,10 @@ async fn duplicates_are_stored_once(target: &Target) {
     assert_eq!(appended[2].message().data.get(), r#"{"n":1}"#);
 
     // A batch of duplicates only.
-    let appended = store.append(&[event(&room, "alice", "e2", "9")]).await.unwrap();
+    let appended = store
+        .append(&[event(&room, "alice", "e2", "9")])
+        .await
+        .unwrap();
     assert_eq!(seqs(&appended), [(false, 3)]);
 
     let stored: Vec<(u64, String, String)> = store
@@ -145,7 +176,11 @@ async fn duplicates_are_stored_once(target: &Target) {
         .collect();
     assert_eq!(
         stored,
-        [(1, "alice".to_owned(), r#"{"n":1}"#.to_owned()), (2, "bob".to_owned(), r#"{"n":2}"#.to_owned()), (3, "alice".to_owned(), "3".to_owned())]
+        [
+            (1, "alice".to_owned(), r#"{"n":1}"#.to_owned()),
+            (2, "bob".to_owned(), r#"{"n":2}"#.to_owned()),
+            (3, "alice".to_owned(), "3".to_owned())
+        ]
     );
     assert_eq!(store.last_seq(&room).await.unwrap(), 3);
     assert_eq!(store.last_seq(&other).await.unwrap(), 0);
@@ -158,7 +193,10 @@ async fn history_pages_in_seq_order(target: &Target) {
     // Interleave another room so that a page never mixes rooms.
     let events: Vec<InboundEvent> = (1..=25)
         .flat_map(|i| {
-            [event(&room, "u", &format!("r{i}"), &i.to_string()), event(&random_name("noise"), "u", &format!("n{i}"), "0")]
+            [
+                event(&room, "u", &format!("r{i}"), &i.to_string()),
+                event(&random_name("noise"), "u", &format!("n{i}"), "0"),
+            ]
         })
         .collect();
     store.append(&events).await.unwrap();
@@ -207,7 +245,12 @@ async fn concurrent_appenders_keep_seqs_gap_free(target: &Target) {
                 let events: Vec<InboundEvent> = (0..BATCH)
                     .map(|i| {
                         let room = &rooms[(appender + batch + i * 2) % rooms.len()];
-                        event(room, &format!("appender{appender}"), &format!("{batch}-{i}"), "{}")
+                        event(
+                            room,
+                            &format!("appender{appender}"),
+                            &format!("{batch}-{i}"),
+                            "{}",
+                        )
                     })
                     .collect();
                 let appended = store.append(&events).await.expect("concurrent append");
@@ -234,7 +277,11 @@ async fn concurrent_appenders_keep_seqs_gap_free(target: &Target) {
     for room in &rooms {
         let stored = stores[0].history(room, 0, u32::MAX).await.unwrap();
         let count = per_room.get(room).copied().unwrap_or(0);
-        assert_eq!(stored.iter().map(|m| m.seq).collect::<Vec<_>>(), (1..=count as u64).collect::<Vec<_>>(), "room {room}");
+        assert_eq!(
+            stored.iter().map(|m| m.seq).collect::<Vec<_>>(),
+            (1..=count as u64).collect::<Vec<_>>(),
+            "room {room}"
+        );
         assert_eq!(stores[1].last_seq(room).await.unwrap(), count as u64);
         stored_all.extend(stored.into_iter().map(|m| (m.room, m.seq, m.from, m.id)));
     }
@@ -254,8 +301,11 @@ async fn data_round_trips_exactly(target: &Target) {
         "[]",
         r#"{"emoji":"🦀","nested":{"deep":[[[]]]},"esc":"\\/\t"}"#,
     ];
-    let events: Vec<InboundEvent> =
-        payloads.iter().enumerate().map(|(i, data)| event(&room, "u", &i.to_string(), data)).collect();
+    let events: Vec<InboundEvent> = payloads
+        .iter()
+        .enumerate()
+        .map(|(i, data)| event(&room, "u", &i.to_string(), data))
+        .collect();
     let mut stamped = events.clone();
     stamped[0].ts = u64::MAX;
     stamped[1].event = "ünïcode.event".to_owned();
@@ -264,55 +314,94 @@ async fn data_round_trips_exactly(target: &Target) {
         assert_eq!(appended.message().data.get(), data);
     }
     let stored = store.history(&room, 0, 10).await.unwrap();
-    assert_eq!(stored.iter().map(|m| m.data.get()).collect::<Vec<_>>(), payloads);
+    assert_eq!(
+        stored.iter().map(|m| m.data.get()).collect::<Vec<_>>(),
+        payloads
+    );
     assert_eq!(stored[0].ts, u64::MAX);
     assert_eq!(stored[1].event, "ünïcode.event");
     assert_eq!(stored[2].ts, events[2].ts);
     // The stored message turns into the same frame as the one fanned out on first store.
-    assert_eq!(stored[0].to_frame_json(), appended[0].message().to_frame_json());
+    assert_eq!(
+        stored[0].to_frame_json(),
+        appended[0].message().to_frame_json()
+    );
 }
 
 async fn reopening_keeps_messages_and_numbering(target: &Target) {
     let room = random_name("room");
     {
         let store = target.connect().await;
-        store.append(&[event(&room, "u", "1", r#"{"k":1}"#), event(&room, "u", "2", "2")]).await.unwrap();
+        store
+            .append(&[
+                event(&room, "u", "1", r#"{"k":1}"#),
+                event(&room, "u", "2", "2"),
+            ])
+            .await
+            .unwrap();
         store.close().await;
-        assert!(store.ping().await.is_err(), "a closed store must not answer");
+        assert!(
+            store.ping().await.is_err(),
+            "a closed store must not answer"
+        );
     }
     let store = target.connect().await;
     assert_eq!(store.last_seq(&room).await.unwrap(), 2);
-    let appended = store.append(&[event(&room, "u", "1", "0"), event(&room, "u", "3", "3")]).await.unwrap();
+    let appended = store
+        .append(&[event(&room, "u", "1", "0"), event(&room, "u", "3", "3")])
+        .await
+        .unwrap();
     assert_eq!(seqs(&appended), [(false, 1), (true, 3)]);
     assert_eq!(appended[0].message().data.get(), r#"{"k":1}"#);
     let stored = store.history(&room, 0, 10).await.unwrap();
-    assert_eq!(stored.iter().map(|m| (m.seq, m.id.as_str())).collect::<Vec<_>>(), [(1, "1"), (2, "2"), (3, "3")]);
+    assert_eq!(
+        stored
+            .iter()
+            .map(|m| (m.seq, m.id.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "1"), (2, "2"), (3, "3")]
+    );
 }
 
 #[tokio::test]
 async fn sqlite_creates_missing_directories_and_uses_wal() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("nested/deeper/store.db");
-    let store = Store::connect(&format!("sqlite://{}", path.display())).await.expect("connect");
+    let store = Store::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .expect("connect");
     assert_eq!(store.dialect(), "sqlite");
     store.append(&[event("r", "u", "1", "1")]).await.unwrap();
     assert!(path.exists());
-    assert!(dir.path().join("nested/deeper/store.db-wal").exists(), "WAL journal expected");
+    assert!(
+        dir.path().join("nested/deeper/store.db-wal").exists(),
+        "WAL journal expected"
+    );
     // A second store on the same file (another process, say) sees the same rows.
-    let again = Store::connect(&format!("sqlite:{}", path.display())).await.expect("connect again");
+    let again = Store::connect(&format!("sqlite:{}", path.display()))
+        .await
+        .expect("connect again");
     assert_eq!(again.last_seq("r").await.unwrap(), 1);
 }
 
 #[tokio::test]
 async fn sqlite_in_memory_store_works() {
     let store = Store::connect("sqlite::memory:").await.expect("connect");
-    store.append(&[event("r", "u", "1", "1"), event("r", "u", "2", "2")]).await.unwrap();
+    store
+        .append(&[event("r", "u", "1", "1"), event("r", "u", "2", "2")])
+        .await
+        .unwrap();
     assert_eq!(store.history("r", 0, 10).await.unwrap().len(), 2);
 }
 
 #[tokio::test]
 async fn unsupported_urls_are_config_errors_without_secrets() {
-    for url in ["mysql://user:hunter2@db/x", "user:hunter2@db", "", "http://hunter2"] {
+    for url in [
+        "mysql://user:hunter2@db/x",
+        "user:hunter2@db",
+        "",
+        "http://hunter2",
+    ] {
         let error = Store::connect(url).await.expect_err("unsupported URL");
         assert!(matches!(error, StoreError::Config(_)), "{url}: {error:?}");
         assert!(!error.to_string().contains("hunter2"), "{error}");

@@ -35,9 +35,16 @@ impl Setup {
 
     async fn with_store_url(dir: tempfile::TempDir, store_url: String) -> Setup {
         common::init_tracing();
-        let broker = EmbeddedBroker::open(&dir.path().join("broker")).await.expect("open broker");
+        let broker = EmbeddedBroker::open(&dir.path().join("broker"))
+            .await
+            .expect("open broker");
         let store = Store::connect(&store_url).await.expect("connect store");
-        Setup { dir, broker, store_url, store }
+        Setup {
+            dir,
+            broker,
+            store_url,
+            store,
+        }
     }
 
     fn worker(&self, config: WorkerConfig) -> Worker {
@@ -45,7 +52,8 @@ impl Setup {
     }
 
     async fn publish(&self, event: &InboundEvent) {
-        self.publish_raw(&event.room, serde_json::to_vec(event).expect("encode")).await;
+        self.publish_raw(&event.room, serde_json::to_vec(event).expect("encode"))
+            .await;
     }
 
     async fn publish_raw(&self, key: &str, payload: impl Into<Bytes>) {
@@ -55,7 +63,9 @@ impl Setup {
     }
 
     async fn subscribe(&self, rooms: &[&str]) -> Box<dyn FanoutSubscription> {
-        let sub = FanoutSource::open(&*self.broker).await.expect("open a fan-out subscription");
+        let sub = FanoutSource::open(&*self.broker)
+            .await
+            .expect("open a fan-out subscription");
         for room in rooms {
             sub.subscribe(room).await.expect("subscribe");
         }
@@ -69,7 +79,8 @@ impl Setup {
             .expect("read dead letters")
             .into_iter()
             .map(|(key, payload)| {
-                let letter: DeadLetter = serde_json::from_slice(&payload).expect("a DeadLetter document");
+                let letter: DeadLetter =
+                    serde_json::from_slice(&payload).expect("a DeadLetter document");
                 assert_eq!(letter.key, key);
                 letter
             })
@@ -79,7 +90,10 @@ impl Setup {
     /// Asserts that every record published since the broker opened was acked.
     fn assert_all_acked(&self) {
         let stats = self.broker.stats();
-        assert_eq!(stats.acked, stats.published, "unacked records left: {stats:?}");
+        assert_eq!(
+            stats.acked, stats.published,
+            "unacked records left: {stats:?}"
+        );
         self.assert_nothing_pending();
     }
 
@@ -102,11 +116,21 @@ impl Running {
         let shutdown = CancellationToken::new();
         let counters = worker.counters();
         let task = tokio::spawn(worker.run(shutdown.clone()));
-        Running { shutdown, task, counters }
+        Running {
+            shutdown,
+            task,
+            counters,
+        }
     }
 
-    async fn wait_for(&mut self, what: &str, condition: impl FnMut(&WorkerCounters) -> bool) -> WorkerCounters {
-        *within(what, self.counters.wait_for(condition)).await.expect("worker counters")
+    async fn wait_for(
+        &mut self,
+        what: &str,
+        condition: impl FnMut(&WorkerCounters) -> bool,
+    ) -> WorkerCounters {
+        *within(what, self.counters.wait_for(condition))
+            .await
+            .expect("worker counters")
     }
 
     async fn stop(self) -> WorkerCounters {
@@ -139,12 +163,20 @@ async fn next_fanout(sub: &dyn FanoutSubscription) -> FanoutMessage {
 async fn stores_and_fans_out_in_order(setup: &Setup) {
     let (a, b) = (random_name("a"), random_name("b"));
     let sub = setup.subscribe(&[&a, &b]).await;
-    let mut running = Running::spawn(setup.worker(WorkerConfig { batch_max: 8, ..WorkerConfig::default() }));
+    let mut running = Running::spawn(setup.worker(WorkerConfig {
+        batch_max: 8,
+        ..WorkerConfig::default()
+    }));
 
     let mut published: HashMap<&str, Vec<InboundEvent>> = HashMap::new();
     for i in 0..30 {
         let room = if i % 3 == 0 { &b } else { &a };
-        let event = event(room, "alice", &format!("e{i}"), &format!(r#"{{"i": {i}, "text":"héllo"}}"#));
+        let event = event(
+            room,
+            "alice",
+            &format!("e{i}"),
+            &format!(r#"{{"i": {i}, "text":"héllo"}}"#),
+        );
         setup.publish(&event).await;
         published.entry(room).or_default().push(event);
     }
@@ -152,20 +184,41 @@ async fn stores_and_fans_out_in_order(setup: &Setup) {
     let mut fanned: HashMap<String, Vec<FanoutMessage>> = HashMap::new();
     for _ in 0..30 {
         let message = next_fanout(&*sub).await;
-        fanned.entry(message.room.clone()).or_default().push(message);
+        fanned
+            .entry(message.room.clone())
+            .or_default()
+            .push(message);
     }
     for (room, events) in &published {
         let messages = &fanned[*room];
-        let expected: Vec<(u64, &str, &str)> =
-            events.iter().enumerate().map(|(i, e)| (i as u64 + 1, e.id.as_str(), e.data.get())).collect();
-        let got: Vec<(u64, &str, &str)> = messages.iter().map(|m| (m.seq, m.id.as_str(), m.data.get())).collect();
+        let expected: Vec<(u64, &str, &str)> = events
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (i as u64 + 1, e.id.as_str(), e.data.get()))
+            .collect();
+        let got: Vec<(u64, &str, &str)> = messages
+            .iter()
+            .map(|m| (m.seq, m.id.as_str(), m.data.get()))
+            .collect();
         assert_eq!(got, expected, "fan-out of room {room}");
         let stored = setup.store.history(room, 0, 100).await.expect("history");
-        let stored: Vec<(u64, &str, &str)> = stored.iter().map(|m| (m.seq, m.id.as_str(), m.data.get())).collect();
+        let stored: Vec<(u64, &str, &str)> = stored
+            .iter()
+            .map(|m| (m.seq, m.id.as_str(), m.data.get()))
+            .collect();
         assert_eq!(stored, expected, "store of room {room}");
     }
-    let counters = running.wait_for("all events counted", |c| c.stored == 30).await;
-    assert_eq!((counters.duplicates, counters.dead_lettered, counters.retried), (0, 0, 0));
+    let counters = running
+        .wait_for("all events counted", |c| c.stored == 30)
+        .await;
+    assert_eq!(
+        (
+            counters.duplicates,
+            counters.dead_lettered,
+            counters.retried
+        ),
+        (0, 0, 0)
+    );
     running.stop().await;
     setup.assert_all_acked();
 }
@@ -190,22 +243,37 @@ async fn a_duplicate_is_stored_once_and_its_fanout_republished() {
     let sub = setup.subscribe(&[&room]).await;
     let running = Running::spawn(setup.worker(WorkerConfig::default()));
 
-    setup.publish(&event(&room, "alice", "e1", r#"{"v":1}"#)).await;
+    setup
+        .publish(&event(&room, "alice", "e1", r#"{"v":1}"#))
+        .await;
     let first = next_fanout(&*sub).await;
     assert_eq!((first.seq, first.data.get()), (1, r#"{"v":1}"#));
 
     // The gateway retried the publish (same from + id), then a new event follows.
-    setup.publish(&event(&room, "alice", "e1", r#"{"v":"retry"}"#)).await;
-    setup.publish(&event(&room, "alice", "e2", r#"{"v":2}"#)).await;
+    setup
+        .publish(&event(&room, "alice", "e1", r#"{"v":"retry"}"#))
+        .await;
+    setup
+        .publish(&event(&room, "alice", "e2", r#"{"v":2}"#))
+        .await;
     let again = next_fanout(&*sub).await;
-    assert_eq!((again.seq, again.id.as_str(), again.data.get()), (1, "e1", r#"{"v":1}"#));
+    assert_eq!(
+        (again.seq, again.id.as_str(), again.data.get()),
+        (1, "e1", r#"{"v":1}"#)
+    );
     let second = next_fanout(&*sub).await;
     assert_eq!((second.seq, second.id.as_str()), (2, "e2"));
 
     let counters = running.stop().await;
     assert_eq!((counters.stored, counters.duplicates), (2, 1));
     let stored = setup.store.history(&room, 0, 10).await.expect("history");
-    assert_eq!(stored.iter().map(|m| (m.seq, m.id.as_str())).collect::<Vec<_>>(), [(1, "e1"), (2, "e2")]);
+    assert_eq!(
+        stored
+            .iter()
+            .map(|m| (m.seq, m.id.as_str()))
+            .collect::<Vec<_>>(),
+        [(1, "e1"), (2, "e2")]
+    );
     setup.assert_all_acked();
 }
 
@@ -223,30 +291,60 @@ async fn poison_payloads_are_dead_lettered_and_the_stream_moves_on() {
         (b"not json at all".to_vec(), "undecodable payload"),
         (br#"{"v":1,"id":"x"}"#.to_vec(), "undecodable payload"),
         (vec![0xff, 0xfe, b'{'], "undecodable payload"),
-        (serde_json::to_vec(&wrong_version).unwrap(), "unsupported envelope version 2"),
-        (serde_json::to_vec(&event(&room, "alice", "has space", "{}")).unwrap(), "event id"),
-        (serde_json::to_vec(&other_room).unwrap(), "differs from its broker key"),
+        (
+            serde_json::to_vec(&wrong_version).unwrap(),
+            "unsupported envelope version 2",
+        ),
+        (
+            serde_json::to_vec(&event(&room, "alice", "has space", "{}")).unwrap(),
+            "event id",
+        ),
+        (
+            serde_json::to_vec(&other_room).unwrap(),
+            "differs from its broker key",
+        ),
     ];
     for (payload, _) in &poison {
         setup.publish_raw(&room, payload.clone()).await;
     }
-    setup.publish(&event(&room, "alice", "good", r#"{"ok":true}"#)).await;
+    setup
+        .publish(&event(&room, "alice", "good", r#"{"ok":true}"#))
+        .await;
 
     let message = next_fanout(&*sub).await;
     assert_eq!((message.seq, message.id.as_str()), (1, "good"));
-    running.wait_for("the dead letters", |c| c.dead_lettered == poison.len() as u64).await;
+    running
+        .wait_for("the dead letters", |c| {
+            c.dead_lettered == poison.len() as u64
+        })
+        .await;
 
     let letters = setup.dead_letters().await;
     assert_eq!(letters.len(), poison.len());
     for (letter, (payload, reason)) in letters.iter().zip(&poison) {
-        assert!(letter.reason.contains(reason), "reason {:?} should mention {reason:?}", letter.reason);
+        assert!(
+            letter.reason.contains(reason),
+            "reason {:?} should mention {reason:?}",
+            letter.reason
+        );
         assert_eq!(letter.payload, String::from_utf8_lossy(payload));
-        assert_eq!((letter.key.as_str(), letter.attempts, letter.v), (room.as_str(), 1, 1));
+        assert_eq!(
+            (letter.key.as_str(), letter.attempts, letter.v),
+            (room.as_str(), 1, 1)
+        );
         assert!(letter.ts > 0);
     }
     let counters = running.stop().await;
     assert_eq!(counters.stored, 1);
-    assert_eq!(setup.store.history(&room, 0, 10).await.expect("history").len(), 1);
+    assert_eq!(
+        setup
+            .store
+            .history(&room, 0, 10)
+            .await
+            .expect("history")
+            .len(),
+        1
+    );
     setup.assert_all_acked();
 }
 
@@ -259,7 +357,10 @@ struct Flaky {
 impl EventHandler for Flaky {
     async fn handle(&self, event: &InboundEvent) -> Result<Disposition, HandlerError> {
         let call = self.calls.fetch_add(1, Ordering::SeqCst) + 1;
-        Err(HandlerError::Transient(format!("downstream busy (call {call} for {})", event.id)))
+        Err(HandlerError::Transient(format!(
+            "downstream busy (call {call} for {})",
+            event.id
+        )))
     }
 }
 
@@ -269,14 +370,21 @@ async fn transient_failures_are_retried_then_dead_lettered_after_max_attempts() 
     let (room, other) = (random_name("room"), random_name("other"));
     let sub = setup.subscribe(&[&room, &other]).await;
     let calls = Arc::new(AtomicU32::new(0));
-    let handlers = Handlers::new().on("flaky", Flaky { calls: calls.clone() });
+    let handlers = Handlers::new().on(
+        "flaky",
+        Flaky {
+            calls: calls.clone(),
+        },
+    );
     let mut running = Running::spawn(setup.worker(quick_retries(3)).with_handlers(handlers));
 
     let mut flaky = event(&room, "alice", "f1", "{}");
     flaky.event = "flaky".to_owned();
     setup.publish(&flaky).await;
     setup.publish(&event(&room, "alice", "after", "{}")).await;
-    setup.publish(&event(&other, "bob", "meanwhile", "{}")).await;
+    setup
+        .publish(&event(&other, "bob", "meanwhile", "{}"))
+        .await;
 
     // The room's next event waits for the flaky one, then takes seq 1.
     let mut seen = HashMap::new();
@@ -286,16 +394,106 @@ async fn transient_failures_are_retried_then_dead_lettered_after_max_attempts() 
     }
     assert_eq!(seen[&room], (1, "after".to_owned()));
     assert_eq!(seen[&other], (1, "meanwhile".to_owned()));
-    let counters = running.wait_for("the dead letter", |c| c.dead_lettered == 1).await;
+    let counters = running
+        .wait_for("the dead letter", |c| c.dead_lettered == 1)
+        .await;
     assert_eq!(counters.retried, 2, "{counters:?}");
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "one handler call per attempt");
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        3,
+        "one handler call per attempt"
+    );
 
     let letters = setup.dead_letters().await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 3);
-    assert!(letters[0].reason.contains("failed 3 times"), "{}", letters[0].reason);
-    assert!(letters[0].reason.contains("downstream busy (call 3 for f1)"), "{}", letters[0].reason);
-    assert_eq!(serde_json::from_str::<InboundEvent>(&letters[0].payload).expect("original payload").id, "f1");
+    assert!(
+        letters[0].reason.contains("failed 3 times"),
+        "{}",
+        letters[0].reason
+    );
+    assert!(
+        letters[0]
+            .reason
+            .contains("downstream busy (call 3 for f1)"),
+        "{}",
+        letters[0].reason
+    );
+    assert_eq!(
+        serde_json::from_str::<InboundEvent>(&letters[0].payload)
+            .expect("original payload")
+            .id,
+        "f1"
+    );
+    running.stop().await;
+    setup.assert_all_acked();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_the_store_refuses_is_retried_alone_then_dead_lettered() {
+    let setup = Setup::sqlite().await;
+    // The store refuses one event (a real trigger in the real database), while it stays up.
+    let mut conn = <sqlx::SqliteConnection as sqlx::Connection>::connect(&setup.store_url)
+        .await
+        .expect("connect to the store file");
+    sqlx::Executor::execute(
+        &mut conn,
+        "CREATE TRIGGER refuse_poison BEFORE INSERT ON messages WHEN NEW.id LIKE 'poison%' \
+         BEGIN SELECT RAISE(ABORT, 'poison event refused'); END",
+    )
+    .await
+    .expect("create trigger");
+    drop(conn);
+
+    let rooms: Vec<String> = (0..3).map(|_| random_name("room")).collect();
+    let sub = setup
+        .subscribe(&rooms.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
+    setup
+        .publish(&event(&rooms[0], "frank", "poison-1", "{}"))
+        .await;
+    setup
+        .publish(&event(&rooms[0], "frank", "after", "{}"))
+        .await;
+    setup.publish(&event(&rooms[1], "frank", "b1", "{}")).await;
+    setup.publish(&event(&rooms[2], "frank", "c1", "{}")).await;
+    // Published before the worker starts, so that the first batch holds all three rooms.
+    let mut running = Running::spawn(setup.worker(quick_retries(3)));
+
+    let mut first: HashMap<String, (u64, String)> = HashMap::new();
+    for _ in 0..3 {
+        let message = next_fanout(&*sub).await;
+        first
+            .entry(message.room.clone())
+            .or_insert((message.seq, message.id));
+    }
+    assert_eq!(
+        first[&rooms[0]],
+        (1, "after".to_owned()),
+        "the refused event takes no seq"
+    );
+    assert_eq!(first[&rooms[1]], (1, "b1".to_owned()));
+    assert_eq!(first[&rooms[2]], (1, "c1".to_owned()));
+    let counters = running
+        .wait_for("the dead letter", |c| c.dead_lettered == 1 && c.stored == 3)
+        .await;
+    assert_eq!(counters.retried, 2, "{counters:?}");
+    let letters = setup.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(
+        (letters[0].key.as_str(), letters[0].attempts),
+        (rooms[0].as_str(), 3)
+    );
+    assert!(
+        letters[0].reason.contains("poison event refused"),
+        "{}",
+        letters[0].reason
+    );
+    assert!(
+        letters[0].reason.contains("failed 3 times"),
+        "{}",
+        letters[0].reason
+    );
     running.stop().await;
     setup.assert_all_acked();
 }
@@ -307,8 +505,14 @@ async fn handlers_can_reject_or_drop_an_event_kind() {
     let sub = setup.subscribe(&[&room]).await;
     let handlers = Handlers::new()
         .on_fn("typing", |_| Ok(Disposition::Drop))
-        .on_fn("shout", |e| Err(HandlerError::Permanent(format!("{} may not shout", e.from))));
-    let mut running = Running::spawn(setup.worker(WorkerConfig::default()).with_handlers(handlers));
+        .on_fn("shout", |e| {
+            Err(HandlerError::Permanent(format!("{} may not shout", e.from)))
+        });
+    let mut running = Running::spawn(
+        setup
+            .worker(WorkerConfig::default())
+            .with_handlers(handlers),
+    );
 
     for (id, kind) in [("1", "typing"), ("2", "shout"), ("3", "chat")] {
         let mut event = event(&room, "carol", id, "{}");
@@ -316,17 +520,38 @@ async fn handlers_can_reject_or_drop_an_event_kind() {
         setup.publish(&event).await;
     }
     let message = next_fanout(&*sub).await;
-    assert_eq!((message.seq, message.id.as_str(), message.event.as_str()), (1, "3", "chat"));
-    let counters = running.wait_for("all three events", |c| c.dead_lettered + c.dropped + c.stored == 3).await;
+    assert_eq!(
+        (message.seq, message.id.as_str(), message.event.as_str()),
+        (1, "3", "chat")
+    );
+    let counters = running
+        .wait_for("all three events", |c| {
+            c.dead_lettered + c.dropped + c.stored == 3
+        })
+        .await;
     assert_eq!(counters.dead_lettered, 1);
     assert_eq!((counters.dropped, counters.stored), (1, 1));
 
     let letters = setup.dead_letters().await;
     assert_eq!(letters.len(), 1);
     assert_eq!(letters[0].attempts, 1, "a permanent error is not retried");
-    assert!(letters[0].reason.contains("rejected by the `shout` handler: carol may not shout"), "{}", letters[0].reason);
+    assert!(
+        letters[0]
+            .reason
+            .contains("rejected by the `shout` handler: carol may not shout"),
+        "{}",
+        letters[0].reason
+    );
     running.stop().await;
-    assert_eq!(setup.store.history(&room, 0, 10).await.expect("history").len(), 1);
+    assert_eq!(
+        setup
+            .store
+            .history(&room, 0, 10)
+            .await
+            .expect("history")
+            .len(),
+        1
+    );
     setup.assert_all_acked();
 }
 
@@ -337,49 +562,86 @@ async fn a_restarted_worker_continues_and_stores_every_event_once() {
     let rooms: Vec<String> = (0..3).map(|_| random_name("room")).collect();
     for i in 0..PER_ROOM {
         for room in &rooms {
-            setup.publish(&event(room, "dave", &format!("{room}-{i}"), &i.to_string())).await;
+            setup
+                .publish(&event(room, "dave", &format!("{room}-{i}"), &i.to_string()))
+                .await;
         }
     }
 
     // First run: stop after some of the events.
     {
-        let sub = setup.subscribe(&rooms.iter().map(String::as_str).collect::<Vec<_>>()).await;
-        let running = Running::spawn(setup.worker(WorkerConfig { batch_max: 4, ..WorkerConfig::default() }));
+        let sub = setup
+            .subscribe(&rooms.iter().map(String::as_str).collect::<Vec<_>>())
+            .await;
+        let running = Running::spawn(setup.worker(WorkerConfig {
+            batch_max: 4,
+            ..WorkerConfig::default()
+        }));
         for _ in 0..20 {
             next_fanout(&*sub).await;
         }
         let counters = running.stop().await;
-        assert!(counters.stored >= 20 && counters.stored < (PER_ROOM * rooms.len()) as u64, "{counters:?}");
+        assert!(
+            counters.stored >= 20 && counters.stored < (PER_ROOM * rooms.len()) as u64,
+            "{counters:?}"
+        );
     }
     let acked_before = setup.broker.stats().acked;
 
     // Restart the process: close the broker and the store, reopen both.
-    let Setup { dir, broker, store_url, store } = setup;
+    let Setup {
+        dir,
+        broker,
+        store_url,
+        store,
+    } = setup;
     broker.close().await;
     drop(broker);
     store.close().await;
-    let broker = EmbeddedBroker::open(&dir.path().join("broker")).await.expect("reopen broker");
+    let broker = EmbeddedBroker::open(&dir.path().join("broker"))
+        .await
+        .expect("reopen broker");
     let store = Store::connect(&store_url).await.expect("reopen store");
-    let setup = Setup { dir, broker, store_url, store };
+    let setup = Setup {
+        dir,
+        broker,
+        store_url,
+        store,
+    };
 
-    let sub = setup.subscribe(&rooms.iter().map(String::as_str).collect::<Vec<_>>()).await;
+    let sub = setup
+        .subscribe(&rooms.iter().map(String::as_str).collect::<Vec<_>>())
+        .await;
     let running = Running::spawn(setup.worker(WorkerConfig::default()));
     let mut last: HashMap<String, u64> = HashMap::new();
-    while rooms.iter().any(|room| last.get(room).copied().unwrap_or(0) < PER_ROOM as u64) {
+    while rooms
+        .iter()
+        .any(|room| last.get(room).copied().unwrap_or(0) < PER_ROOM as u64)
+    {
         let message = next_fanout(&*sub).await;
         let previous = last.insert(message.room.clone(), message.seq).unwrap_or(0);
-        assert!(message.seq > previous, "room {}: seq {} after {previous}", message.room, message.seq);
+        assert!(
+            message.seq > previous,
+            "room {}: seq {} after {previous}",
+            message.room,
+            message.seq
+        );
     }
     running.stop().await;
 
     for room in &rooms {
         let stored = setup.store.history(room, 0, 1_000).await.expect("history");
         let got: Vec<(u64, String)> = stored.into_iter().map(|m| (m.seq, m.id)).collect();
-        let expected: Vec<(u64, String)> = (0..PER_ROOM).map(|i| (i as u64 + 1, format!("{room}-{i}"))).collect();
+        let expected: Vec<(u64, String)> = (0..PER_ROOM)
+            .map(|i| (i as u64 + 1, format!("{room}-{i}")))
+            .collect();
         assert_eq!(got, expected, "room {room}");
     }
     setup.assert_nothing_pending();
-    assert_eq!(acked_before + setup.broker.stats().acked, (PER_ROOM * rooms.len()) as u64);
+    assert_eq!(
+        acked_before + setup.broker.stats().acked,
+        (PER_ROOM * rooms.len()) as u64
+    );
     assert!(setup.dead_letters().await.is_empty());
 }
 
@@ -411,28 +673,47 @@ async fn a_store_outage_holds_events_without_dead_lettering_them() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_invalid_config_or_a_closed_broker_stops_the_worker_with_an_error() {
     let setup = Setup::sqlite().await;
-    let bad = setup.worker(WorkerConfig { batch_max: 0, ..WorkerConfig::default() });
-    assert!(matches!(bad.run(CancellationToken::new()).await, Err(WorkerError::Config(_))));
+    let bad = setup.worker(WorkerConfig {
+        batch_max: 0,
+        ..WorkerConfig::default()
+    });
+    assert!(matches!(
+        bad.run(CancellationToken::new()).await,
+        Err(WorkerError::Config(_))
+    ));
 
     let running = Running::spawn(setup.worker(WorkerConfig::default()));
     setup.broker.close().await;
-    let result = within("the worker to notice", running.task).await.expect("worker task");
+    let result = within("the worker to notice", running.task)
+        .await
+        .expect("worker task");
     assert!(matches!(result, Err(WorkerError::Broker(_))), "{result:?}");
 }
 
 #[test]
 fn the_binary_refuses_the_embedded_broker_and_hides_passwords() {
     let output = std::process::Command::new(env!("CARGO_BIN_EXE_roomcast-worker"))
-        .args(["--broker-url", "embedded:/tmp/nowhere", "--store-url", "postgres://app:hunter2@db/x?password=hunter3"])
+        .args([
+            "--broker-url",
+            "embedded:/tmp/nowhere",
+            "--store-url",
+            "postgres://app:hunter2@db/x?password=hunter3",
+        ])
         .env("RUST_LOG", "info")
         .output()
         .expect("run roomcast-worker");
     assert!(!output.status.success());
     let stdout = String::from_utf8_lossy(&output.stdout);
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("all-in-one `roomcast` process"), "stderr: {stderr}");
+    assert!(
+        stderr.contains("all-in-one `roomcast` process"),
+        "stderr: {stderr}"
+    );
     for secret in ["hunter2", "hunter3"] {
-        assert!(!stdout.contains(secret) && !stderr.contains(secret), "stdout: {stdout}\nstderr: {stderr}");
+        assert!(
+            !stdout.contains(secret) && !stderr.contains(secret),
+            "stdout: {stdout}\nstderr: {stderr}"
+        );
     }
     assert!(stdout.contains("app:***@db/x"), "stdout: {stdout}");
 
@@ -441,5 +722,9 @@ fn the_binary_refuses_the_embedded_broker_and_hides_passwords() {
         .env_remove("ROOMCAST_STORE_URL")
         .output()
         .expect("run roomcast-worker");
-    assert_eq!(output.status.code(), Some(2), "missing arguments are a usage error");
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "missing arguments are a usage error"
+    );
 }

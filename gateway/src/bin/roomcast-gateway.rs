@@ -12,7 +12,11 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Parser)]
-#[command(name = "roomcast-gateway", version, about = "Roomcast gateway (workers run separately)")]
+#[command(
+    name = "roomcast-gateway",
+    version,
+    about = "Roomcast gateway (workers run separately)"
+)]
 struct Cli {
     /// Broker URL (`amqp://…`, `kafka://…`).
     #[arg(long, env = "ROOMCAST_BROKER_URL")]
@@ -33,7 +37,9 @@ fn main() -> Result<()> {
         );
     }
     let config = cli.gateway.to_config(None, false)?;
-    let listen = cli.gateway.listen_or(SocketAddr::from(([0, 0, 0, 0], 3000)));
+    let listen = cli
+        .gateway
+        .listen_or(SocketAddr::from(([0, 0, 0, 0], 3000)));
     init_tracing();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {

@@ -3,10 +3,10 @@
 #![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
+use roomcast_broker::EmbeddedOptions;
 use roomcast_gateway::auth::{AuthConfig, Minter};
 use roomcast_gateway::config::GatewayConfig;
-use roomcast_gateway::{AppError, EmbeddedApp, Gateway};
-use roomcast_broker::EmbeddedOptions;
+use roomcast_gateway::{AppError, AppOptions, EmbeddedApp, Gateway};
 use roomcast_schemas::{ClientFrame, ErrorCode, ServerFrame};
 use roomcast_worker::Store;
 use serde_json::{Value, json};
@@ -18,12 +18,12 @@ use tempfile::TempDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpSocket, TcpStream};
 use tokio::task::JoinHandle;
+use tokio_tungstenite::WebSocketStream;
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::handshake::client::Request;
 use tokio_tungstenite::tungstenite::http::HeaderValue;
 use tokio_tungstenite::tungstenite::protocol::CloseFrame;
 use tokio_tungstenite::tungstenite::{self, Message};
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 
 /// The HS256 secret of test apps.
@@ -81,24 +81,47 @@ impl TestApp {
     }
 
     /// The app with [`test_config`] changed by `adjust`, and broker `options`.
-    pub(crate) async fn start_full(adjust: impl FnOnce(&mut GatewayConfig), options: EmbeddedOptions) -> TestApp {
+    pub(crate) async fn start_full(
+        adjust: impl FnOnce(&mut GatewayConfig),
+        options: EmbeddedOptions,
+    ) -> TestApp {
         let mut config = test_config();
         adjust(&mut config);
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = EmbeddedApp::open_with(config, dir.path(), None, options).await.unwrap();
+        let app = EmbeddedApp::open_with(
+            config,
+            dir.path(),
+            None,
+            AppOptions {
+                broker: options,
+                ..AppOptions::default()
+            },
+        )
+        .await
+        .unwrap();
         let store = app.store().clone();
         let gateway = app.gateway().clone();
         let shutdown = CancellationToken::new();
         let task = tokio::spawn(app.serve(listener, shutdown.clone()));
-        TestApp { addr, dir, store, gateway, minter: Minter::hs256(SECRET.as_bytes()), shutdown, task: Some(task) }
+        TestApp {
+            addr,
+            dir,
+            store,
+            gateway,
+            minter: Minter::hs256(SECRET.as_bytes()),
+            shutdown,
+            task: Some(task),
+        }
     }
 
     /// A token for `sub` allowing `rooms`, valid for an hour.
     pub(crate) fn token(&self, sub: &str, rooms: &[&str]) -> String {
         let rooms: Vec<String> = rooms.iter().map(|r| (*r).to_owned()).collect();
-        self.minter.mint(sub, &rooms, Duration::from_secs(3600)).unwrap()
+        self.minter
+            .mint(sub, &rooms, Duration::from_secs(3600))
+            .unwrap()
     }
 
     /// `ws://…/ws`.
@@ -114,13 +137,19 @@ impl TestApp {
     /// Connects with `token` in the `Authorization` header; panics unless upgraded.
     pub(crate) async fn connect(&self, token: &str) -> Client {
         let request = self.request_with_header(token);
-        self.try_connect(request).await.unwrap_or_else(|(status, body)| panic!("handshake failed: {status} {body}"))
+        self.try_connect(request)
+            .await
+            .unwrap_or_else(|(status, body)| panic!("handshake failed: {status} {body}"))
     }
 
     /// Connects with `token` in the `access_token` query parameter; panics unless upgraded.
     pub(crate) async fn connect_query(&self, token: &str) -> Client {
-        let request = format!("{}?access_token={token}", self.ws_url()).into_client_request().unwrap();
-        self.try_connect(request).await.unwrap_or_else(|(status, body)| panic!("handshake failed: {status} {body}"))
+        let request = format!("{}?access_token={token}", self.ws_url())
+            .into_client_request()
+            .unwrap();
+        self.try_connect(request)
+            .await
+            .unwrap_or_else(|(status, body)| panic!("handshake failed: {status} {body}"))
     }
 
     /// A handshake request carrying `Authorization: Bearer <token>`.
@@ -150,21 +179,34 @@ impl TestApp {
     /// A plain `GET path` (HTTP/1.1, `Connection: close`): status, headers text, body.
     pub(crate) async fn get(&self, path: &str) -> HttpReply {
         let mut stream = TcpStream::connect(self.addr).await.unwrap();
-        let request = format!("GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n", self.addr);
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
+            self.addr
+        );
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
-        tokio::time::timeout(WAIT, stream.read_to_end(&mut raw)).await.unwrap().unwrap();
+        tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
+            .await
+            .unwrap()
+            .unwrap();
         let text = String::from_utf8(raw).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
         let status = head.split_whitespace().nth(1).unwrap().parse().unwrap();
-        HttpReply { status, head: head.to_owned(), body: body.to_owned() }
+        HttpReply {
+            status,
+            head: head.to_owned(),
+            body: body.to_owned(),
+        }
     }
 
     /// Cancels the app's shutdown token and waits for it to stop.
     pub(crate) async fn stop(mut self) -> Result<(), AppError> {
         self.shutdown.cancel();
         let task = self.task.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(30), task).await.expect("app did not stop").unwrap()
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .expect("app did not stop")
+            .unwrap()
     }
 
     /// Cancels the app's shutdown token without waiting.
@@ -190,14 +232,17 @@ pub(crate) struct HttpReply {
 impl HttpReply {
     /// The body as JSON.
     pub(crate) fn json(&self) -> Value {
-        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
+        serde_json::from_str(&self.body)
+            .unwrap_or_else(|e| panic!("body is not JSON ({e}): {}", self.body))
     }
 
     /// A header's value (case-insensitive name).
     pub(crate) fn header(&self, name: &str) -> Option<String> {
         self.head.lines().find_map(|line| {
             let (key, value) = line.split_once(':')?;
-            key.trim().eq_ignore_ascii_case(name).then(|| value.trim().to_owned())
+            key.trim()
+                .eq_ignore_ascii_case(name)
+                .then(|| value.trim().to_owned())
         })
     }
 }
@@ -214,12 +259,16 @@ impl Client {
         match tokio_tungstenite::client_async(request, stream).await {
             Ok((ws, response)) => {
                 assert_eq!(response.status().as_u16(), 101);
-                Ok(Client { ws, pending: VecDeque::new() })
+                Ok(Client {
+                    ws,
+                    pending: VecDeque::new(),
+                })
             }
             Err(tungstenite::Error::Http(response)) => {
                 let status = response.status().as_u16();
                 let body = response.body().clone().unwrap_or_default();
-                let json = serde_json::from_slice(&body).unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&body) }));
+                let json = serde_json::from_slice(&body)
+                    .unwrap_or_else(|_| json!({ "raw": String::from_utf8_lossy(&body) }));
                 Err((status, json))
             }
             Err(err) => panic!("handshake failed: {err}"),
@@ -249,7 +298,9 @@ impl Client {
     /// The next protocol message (pings and pongs skipped), with a timeout.
     pub(crate) async fn next_raw(&mut self) -> Option<Message> {
         loop {
-            let next = tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for a frame");
+            let next = tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for a frame");
             match next {
                 None | Some(Err(_)) => return None,
                 Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -268,9 +319,8 @@ impl Client {
 
     async fn recv_network(&mut self) -> ServerFrame {
         match self.next_raw().await {
-            Some(Message::Text(text)) => {
-                serde_json::from_str(text.as_str()).unwrap_or_else(|e| panic!("bad server frame ({e}): {text}"))
-            }
+            Some(Message::Text(text)) => serde_json::from_str(text.as_str())
+                .unwrap_or_else(|e| panic!("bad server frame ({e}): {text}")),
             other => panic!("expected a text frame, got {other:?}"),
         }
     }
@@ -302,7 +352,11 @@ impl Client {
     /// Joins `room` with `since` and returns the `joined` seq; `joined` must be the next frame
     /// about the room.
     pub(crate) async fn join_since(&mut self, room: &str, since: Option<u64>) -> u64 {
-        self.send(&ClientFrame::Join { room: room.to_owned(), since }).await;
+        self.send(&ClientFrame::Join {
+            room: room.to_owned(),
+            since,
+        })
+        .await;
         let frame = self.recv_where(|f| frame_room(f) == Some(room)).await;
         match frame {
             ServerFrame::Joined { room: r, seq } if r == room => seq,
@@ -312,7 +366,12 @@ impl Client {
 
     /// Sends a publish frame.
     pub(crate) async fn publish(&mut self, id: &str, room: &str, data: Value) {
-        let frame = ClientFrame::Publish { id: id.to_owned(), room: room.to_owned(), event: "msg".to_owned(), data };
+        let frame = ClientFrame::Publish {
+            id: id.to_owned(),
+            room: room.to_owned(),
+            event: "msg".to_owned(),
+            data,
+        };
         self.send(&frame).await;
     }
 
@@ -325,7 +384,10 @@ impl Client {
                 _ => false,
             })
             .await;
-        assert!(matches!(frame, ServerFrame::Ack { .. }), "expected ack of {id}, got {frame:?}");
+        assert!(
+            matches!(frame, ServerFrame::Ack { .. }),
+            "expected ack of {id}, got {frame:?}"
+        );
     }
 
     /// Publishes and waits for the ack.
@@ -336,7 +398,9 @@ impl Client {
 
     /// Waits for the next error frame and checks its code.
     pub(crate) async fn expect_error(&mut self, code: ErrorCode) -> ServerFrame {
-        let frame = self.recv_where(|f| matches!(f, ServerFrame::Error { .. })).await;
+        let frame = self
+            .recv_where(|f| matches!(f, ServerFrame::Error { .. }))
+            .await;
         match &frame {
             ServerFrame::Error { code: got, .. } => assert_eq!(*got, code, "{frame:?}"),
             _ => unreachable!(),
@@ -346,7 +410,10 @@ impl Client {
 
     /// The next `message` frame of `room`: `(seq, id, data)`.
     pub(crate) async fn expect_message(&mut self, room: &str) -> (u64, String, Value) {
-        match self.recv_where(|f| matches!(f, ServerFrame::Message { room: r, .. } if r == room)).await {
+        match self
+            .recv_where(|f| matches!(f, ServerFrame::Message { room: r, .. } if r == room))
+            .await
+        {
             ServerFrame::Message { seq, id, data, .. } => (seq, id, data),
             _ => unreachable!(),
         }
@@ -356,10 +423,17 @@ impl Client {
     /// before it are discarded.
     pub(crate) async fn expect_close(&mut self) -> Option<CloseFrame> {
         loop {
-            match tokio::time::timeout(WAIT, self.ws.next()).await.expect("timed out waiting for close") {
+            match tokio::time::timeout(WAIT, self.ws.next())
+                .await
+                .expect("timed out waiting for close")
+            {
                 Some(Ok(Message::Close(frame))) => return frame,
                 Some(Ok(_)) => continue,
-                None | Some(Err(_)) => return None,
+                None => return None,
+                Some(Err(err)) => {
+                    eprintln!("connection failed instead of closing: {err}");
+                    return None;
+                }
             }
         }
     }
@@ -367,12 +441,22 @@ impl Client {
     /// Publishes one event per id (event `msg`, `data`) without waiting in between, reading
     /// concurrently so the client never stalls the server; returns once every id got its ack
     /// or error. Frames other than those answers are kept for [`Client::recv`].
-    pub(crate) async fn publish_all(&mut self, room: &str, ids: &[String], data: Value) -> Vec<ServerFrame> {
+    pub(crate) async fn publish_all(
+        &mut self,
+        room: &str,
+        ids: &[String],
+        data: Value,
+    ) -> Vec<ServerFrame> {
         let (mut sink, mut stream) = (&mut self.ws).split();
         let frames: Vec<Message> = ids
             .iter()
             .map(|id| {
-                let frame = ClientFrame::Publish { id: id.clone(), room: room.to_owned(), event: "msg".to_owned(), data: data.clone() };
+                let frame = ClientFrame::Publish {
+                    id: id.clone(),
+                    room: room.to_owned(),
+                    event: "msg".to_owned(),
+                    data: data.clone(),
+                };
                 Message::text(serde_json::to_string(&frame).unwrap())
             })
             .collect();
@@ -385,7 +469,9 @@ impl Client {
             let mut answers = Vec::new();
             let mut others = Vec::new();
             while answers.len() < ids.len() {
-                let next = tokio::time::timeout(WAIT, stream.next()).await.expect("timed out waiting for acks");
+                let next = tokio::time::timeout(WAIT, stream.next())
+                    .await
+                    .expect("timed out waiting for acks");
                 let text = match next {
                     Some(Ok(Message::Text(text))) => text,
                     Some(Ok(Message::Ping(_) | Message::Pong(_))) => continue,
@@ -393,7 +479,9 @@ impl Client {
                 };
                 let frame: ServerFrame = serde_json::from_str(text.as_str()).unwrap();
                 match frame {
-                    ServerFrame::Ack { .. } | ServerFrame::Error { id: Some(_), .. } => answers.push(frame),
+                    ServerFrame::Ack { .. } | ServerFrame::Error { id: Some(_), .. } => {
+                        answers.push(frame)
+                    }
                     frame => others.push(frame),
                 }
             }
@@ -413,7 +501,9 @@ impl Client {
 /// The room a frame is about.
 pub(crate) fn frame_room(frame: &ServerFrame) -> Option<&str> {
     match frame {
-        ServerFrame::Joined { room, .. } | ServerFrame::Left { room } | ServerFrame::Message { room, .. } => Some(room),
+        ServerFrame::Joined { room, .. }
+        | ServerFrame::Left { room }
+        | ServerFrame::Message { room, .. } => Some(room),
         ServerFrame::Error { room, .. } => room.as_deref(),
         ServerFrame::Ack { .. } => None,
     }

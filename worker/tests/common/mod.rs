@@ -35,8 +35,13 @@ impl PgDatabase {
             .await
             .unwrap_or_else(|error| panic!("cannot create test database {name}: {error}"));
         let _ = conn.close().await;
-        let base = admin.rsplit_once('/').map_or(admin.as_str(), |(base, _)| base);
-        PgDatabase { url: format!("{base}/{name}"), name }
+        let base = admin
+            .rsplit_once('/')
+            .map_or(admin.as_str(), |(base, _)| base);
+        PgDatabase {
+            url: format!("{base}/{name}"),
+            name,
+        }
     }
 }
 
@@ -46,7 +51,9 @@ impl Drop for PgDatabase {
         let name = std::mem::take(&mut self.name);
         // Drop runs inside the test's runtime: use a thread with its own.
         let dropped = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
             runtime.block_on(async {
                 let mut conn = PgConnection::connect(&admin).await?;
                 conn.execute(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)").as_str())
