@@ -185,6 +185,9 @@ pub trait FanoutSubscription: Send + Sync {
     /// Stops receiving `room`'s messages. Idempotent.
     async fn unsubscribe(&self, room: &str) -> Result<(), BrokerError>;
     /// Waits for the next event. `Err(Closed)` when the broker shut down.
+    ///
+    /// Cancel-safe: dropping the future before it completes loses no event (gateways poll it
+    /// once without waiting to drain whatever is ready).
     async fn next(&self) -> Result<FanoutEvent, BrokerError>;
 }
 

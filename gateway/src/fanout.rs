@@ -6,7 +6,9 @@
 //! closes that member as a slow consumer), so one slow client cannot hold up a room.
 
 use crate::rooms::Rooms;
+use crate::session::FanoutBatch;
 use axum::extract::ws::Utf8Bytes;
+use futures_util::FutureExt;
 use roomcast_broker::{BrokerError, FanoutEvent, FanoutSubscription};
 use roomcast_schemas::FanoutMessage;
 use std::sync::Arc;
@@ -16,6 +18,11 @@ use tokio_util::sync::CancellationToken;
 /// First and longest pause after a failed read of the subscription.
 const RETRY_MIN: Duration = Duration::from_millis(100);
 const RETRY_MAX: Duration = Duration::from_secs(5);
+
+/// Most fan-out events taken from the subscription at once. Under load the subscription holds
+/// a backlog, and each member then receives a room's messages as one queue item, written with
+/// one flush; when idle, every message goes out on its own at once.
+const DRAIN_MAX: usize = 32;
 
 /// Runs until `stop` is cancelled or the broker closes the subscription.
 pub(crate) async fn run(
@@ -31,17 +38,34 @@ pub(crate) async fn run(
             _ = stop.cancelled() => return,
             event = subscription.next() => event,
         };
-        match event {
-            Ok(event) => {
+        let failure = match event {
+            Ok(first) => {
                 retry = RETRY_MIN;
                 if lost {
                     // Messages may have been missed while the subscription failed.
                     lost = false;
                     rooms.resync_all();
                 }
-                handle(event, &rooms);
+                let mut events = vec![first];
+                let mut failure = None;
+                while events.len() < DRAIN_MAX {
+                    match subscription.next().now_or_never() {
+                        None => break,
+                        Some(Ok(event)) => events.push(event),
+                        Some(Err(err)) => {
+                            failure = Some(err);
+                            break;
+                        }
+                    }
+                }
+                deliver(events, &rooms);
+                failure
             }
-            Err(BrokerError::Closed) => {
+            Err(err) => Some(err),
+        };
+        match failure {
+            None => {}
+            Some(BrokerError::Closed) => {
                 if !stop.is_cancelled() {
                     tracing::warn!(
                         "the broker closed the fan-out subscription; no more live messages"
@@ -49,7 +73,7 @@ pub(crate) async fn run(
                 }
                 return;
             }
-            Err(err) => {
+            Some(err) => {
                 tracing::warn!(error = %err, retry_in = ?retry, "reading fan-out failed");
                 lost = true;
                 tokio::select! {
@@ -62,26 +86,54 @@ pub(crate) async fn run(
     }
 }
 
-fn handle(event: FanoutEvent, rooms: &Rooms) {
-    match event {
-        FanoutEvent::Message { room, payload } => {
-            let message: FanoutMessage = match serde_json::from_slice(&payload) {
-                Ok(message) => message,
-                Err(err) => {
-                    tracing::warn!(room = &*room, error = %err, "dropping an undecodable fan-out message");
-                    return;
+/// Messages of one room collected from a drain, in order: `(seq, frame)`.
+type Pending = Vec<(Arc<str>, Vec<(u64, Utf8Bytes)>)>;
+
+/// Hands `events` to the rooms' members: each message parsed and serialized once, a room's
+/// messages grouped (in order) into one shared batch.
+fn deliver(events: Vec<FanoutEvent>, rooms: &Rooms) {
+    let mut batches: Pending = Vec::new();
+    for event in events {
+        match event {
+            FanoutEvent::Message { room, payload } => {
+                let Some((seq, frame)) = frame(&room, &payload) else {
+                    continue;
+                };
+                match batches.iter_mut().find(|(name, _)| **name == *room) {
+                    Some((_, messages)) => messages.push((seq, frame)),
+                    None => batches.push((room, vec![(seq, frame)])),
                 }
-            };
-            if *message.room != *room {
-                tracing::warn!(room = &*room, inner = %message.room, "dropping a fan-out message for another room");
-                return;
             }
-            let frame = Utf8Bytes::from(message.to_frame_json());
-            rooms.deliver(&room, message.seq, &frame);
-        }
-        FanoutEvent::Gap => {
-            tracing::info!("fan-out reported a gap; members resync from the store");
-            rooms.resync_all();
+            FanoutEvent::Gap => {
+                // Deliver what came before the gap, then let members resync from the store.
+                flush(&mut batches, rooms);
+                tracing::info!("fan-out reported a gap; members resync from the store");
+                rooms.resync_all();
+            }
         }
     }
+    flush(&mut batches, rooms);
+}
+
+fn flush(batches: &mut Pending, rooms: &Rooms) {
+    for (room, messages) in batches.drain(..) {
+        let batch: FanoutBatch = messages.into();
+        rooms.deliver(&room, &batch);
+    }
+}
+
+/// The seq and `message` frame of a fan-out payload; `None` (logged) when it is unusable.
+fn frame(room: &str, payload: &[u8]) -> Option<(u64, Utf8Bytes)> {
+    let message: FanoutMessage = match serde_json::from_slice(payload) {
+        Ok(message) => message,
+        Err(err) => {
+            tracing::warn!(room, error = %err, "dropping an undecodable fan-out message");
+            return None;
+        }
+    };
+    if *message.room != *room {
+        tracing::warn!(room, inner = %message.room, "dropping a fan-out message for another room");
+        return None;
+    }
+    Some((message.seq, Utf8Bytes::from(message.to_frame_json())))
 }

@@ -11,8 +11,7 @@
 //! once it has no member and its subscription is cancelled, so a join racing a leave either
 //! keeps the subscription or re-creates it after the unsubscribe, never loses it.
 
-use crate::session::Outbound;
-use axum::extract::ws::Utf8Bytes;
+use crate::session::{FanoutBatch, Outbound};
 use roomcast_broker::{BrokerError, FanoutSubscription};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
@@ -169,9 +168,10 @@ impl Rooms {
         })
     }
 
-    /// Queues a room message for every local member of `room`; returns how many there are.
-    /// `frame` is shared, not copied. Members whose queue is full are marked slow.
-    pub(crate) fn deliver(&self, room: &str, seq: u64, frame: &Utf8Bytes) -> usize {
+    /// Queues consecutive messages of `room` for every local member, as one item each; returns
+    /// how many members there are. The batch is shared, not copied. Members whose queue is full
+    /// are marked slow.
+    pub(crate) fn deliver(&self, room: &str, messages: &FanoutBatch) -> usize {
         let shard = self.shard(room);
         let Some((name, entry)) = shard.get_key_value(room) else {
             return 0;
@@ -179,8 +179,7 @@ impl Rooms {
         for member in entry.members.values() {
             let item = Outbound::Fanout {
                 room: name.clone(),
-                seq,
-                frame: frame.clone(),
+                messages: messages.clone(),
             };
             member.offer(item, &self.overflows);
         }
@@ -330,6 +329,7 @@ mod tests {
 
     #[tokio::test]
     async fn full_queue_marks_member_slow() {
+        use axum::extract::ws::Utf8Bytes;
         let dir = tempfile::tempdir().unwrap();
         let broker = EmbeddedBroker::open(dir.path()).await.unwrap();
         let rooms = Rooms::new(Arc::from(broker.open().await.unwrap()));
@@ -337,15 +337,15 @@ mod tests {
         let (handle, _rx) = member();
         let slow = handle.slow.clone();
         rooms.join(&room, 1, handle).await.unwrap();
-        let frame = Utf8Bytes::from_static("{}");
+        let batch = |seq: u64| -> FanoutBatch { Arc::from([(seq, Utf8Bytes::from_static("{}"))]) };
         for seq in 1..=4 {
-            assert_eq!(rooms.deliver("r", seq, &frame), 1);
+            assert_eq!(rooms.deliver("r", &batch(seq)), 1);
         }
         assert!(!slow.is_cancelled());
-        rooms.deliver("r", 5, &frame);
+        rooms.deliver("r", &batch(5));
         assert!(slow.is_cancelled());
         assert_eq!(rooms.overflows(), 1);
-        assert_eq!(rooms.deliver("other", 1, &frame), 0);
+        assert_eq!(rooms.deliver("other", &batch(1)), 0);
         broker.close().await;
     }
 }

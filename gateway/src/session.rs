@@ -65,19 +65,21 @@ pub const CLOSE_POLICY: u16 = 1008;
 /// Most queued items the writer handles before flushing the socket.
 const WRITE_BATCH: usize = 128;
 
+/// Messages of one room handed to every member at once: `(seq, message frame)` in seq order.
+pub(crate) type FanoutBatch = Arc<[(u64, Utf8Bytes)]>;
+
 /// Work for a connection's writer, in order.
 #[derive(Debug)]
 pub(crate) enum Outbound {
     /// A frame from the reader (ack, error).
     Frame(Utf8Bytes),
-    /// A room message from fan-out; `frame` is shared between all members.
+    /// Consecutive fan-out messages of one room, in seq order; the batch and its serialized
+    /// `message` frames are shared between all members of the room.
     Fanout {
         /// Room name.
         room: Arc<str>,
-        /// The message's seq.
-        seq: u64,
-        /// The serialized `message` frame.
-        frame: Utf8Bytes,
+        /// `(seq, frame)` of each message.
+        messages: FanoutBatch,
     },
     /// Start delivering a room: send `joined`, replay after `since`.
     Join {
@@ -587,41 +589,39 @@ impl Writer {
         let ping_every = self.shared.config.ping_interval;
         let mut ping = tokio::time::interval_at(Instant::now() + ping_every, ping_every);
         ping.set_missed_tick_behavior(MissedTickBehavior::Delay);
+        // Created once: a fresh `cancelled()` future per message would register and drop a
+        // waiter on each token every time the writer wakes.
+        let stopped = stop.cancelled();
+        let too_slow = slow.cancelled();
+        let shutting_down = shutdown.cancelled();
+        tokio::pin!(stopped, too_slow, shutting_down);
         let outcome = loop {
-            let first = tokio::select! {
+            let step = tokio::select! {
                 biased;
-                _ = stop.cancelled() => break WriterStop::Gone,
-                _ = slow.cancelled() => break WriterStop::Close(CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON),
-                _ = shutdown.cancelled() => break WriterStop::Close(CLOSE_GOING_AWAY, "server shutting down"),
-                item = rx.recv() => match item {
-                    Some(item) => item,
-                    None => break WriterStop::Gone,
-                },
-                _ = ping.tick() => {
-                    let sent = tokio::select! {
-                        _ = stop.cancelled() => false,
-                        _ = slow.cancelled() => false,
-                        _ = shutdown.cancelled() => false,
-                        sent = self.sink.send(Message::Ping(Bytes::new())) => sent.is_ok(),
-                    };
-                    if sent {
-                        continue;
-                    }
-                    // The loop's next turn sees which token ended it.
-                    if stop.is_cancelled() || slow.is_cancelled() || shutdown.is_cancelled() {
-                        continue;
-                    }
-                    break WriterStop::Gone;
-                }
+                _ = &mut stopped => Err(WriterStop::Gone),
+                _ = &mut too_slow => Err(WriterStop::Close(CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON)),
+                _ = &mut shutting_down => Err(WriterStop::Close(CLOSE_GOING_AWAY, "server shutting down")),
+                item = rx.recv() => item.ok_or(WriterStop::Gone).map(Some),
+                _ = ping.tick() => Ok(None),
             };
-            let batch = tokio::select! {
+            let work = match step {
+                Err(outcome) => break outcome,
+                Ok(Some(first)) => Some(first),
+                Ok(None) => None,
+            };
+            let result = tokio::select! {
                 biased;
-                _ = stop.cancelled() => Err(WriterStop::Gone),
-                _ = slow.cancelled() => Err(WriterStop::Close(CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON)),
-                _ = shutdown.cancelled() => Err(WriterStop::Close(CLOSE_GOING_AWAY, "server shutting down")),
-                result = self.write_batch(first, &mut rx) => result,
+                _ = &mut stopped => Err(WriterStop::Gone),
+                _ = &mut too_slow => Err(WriterStop::Close(CLOSE_SLOW_CONSUMER, SLOW_CONSUMER_REASON)),
+                _ = &mut shutting_down => Err(WriterStop::Close(CLOSE_GOING_AWAY, "server shutting down")),
+                result = async {
+                    match work {
+                        Some(first) => self.write_batch(first, &mut rx).await,
+                        None => self.sink.send(Message::Ping(Bytes::new())).await.map_err(|_| WriterStop::Gone),
+                    }
+                } => result,
             };
-            if let Err(outcome) = batch {
+            if let Err(outcome) = result {
                 break outcome;
             }
         };
@@ -680,32 +680,9 @@ impl Writer {
     async fn handle(&mut self, item: Outbound) -> Result<(), WriterStop> {
         match item {
             Outbound::Frame(frame) => self.feed(frame).await,
-            Outbound::Fanout { room, seq, frame } => {
-                let Some(&last) = self.rooms.get(&room) else {
-                    // Not delivering this room (yet): a join's replay covers it.
-                    return Ok(());
-                };
-                if seq <= last {
-                    return Ok(());
-                }
-                if seq > last + 1 {
-                    self.catch_up(&room, Some(seq - 1)).await?;
-                }
-                let last = self.rooms.get(&room).copied().unwrap_or(seq);
-                if seq == last + 1 {
-                    self.feed(frame).await?;
-                    self.rooms.insert(room, seq);
-                } else if seq > last + 1 {
-                    // The store lacks seqs that fan-out already announced: deliver rather than
-                    // stall, and leave a trace of the inconsistency.
-                    tracing::error!(
-                        room = &*room,
-                        seq,
-                        last,
-                        "store is missing messages announced by fan-out"
-                    );
-                    self.feed(frame).await?;
-                    self.rooms.insert(room, seq);
+            Outbound::Fanout { room, messages } => {
+                for (seq, frame) in messages.iter() {
+                    self.deliver(&room, *seq, frame).await?;
                 }
                 Ok(())
             }
@@ -727,6 +704,43 @@ impl Writer {
                 Err(WriterStop::Closed(self.close(code, reason).await))
             }
         }
+    }
+
+    /// Delivers one fan-out message: drops a seq already delivered, fills a gap from the store
+    /// first, and never delivers a room the writer is not (yet) delivering.
+    async fn deliver(
+        &mut self,
+        room: &Arc<str>,
+        seq: u64,
+        frame: &Utf8Bytes,
+    ) -> Result<(), WriterStop> {
+        let Some(&last) = self.rooms.get(room) else {
+            // Not delivering this room (yet): a join's replay covers it.
+            return Ok(());
+        };
+        if seq <= last {
+            return Ok(());
+        }
+        if seq > last + 1 {
+            self.catch_up(room, Some(seq - 1)).await?;
+        }
+        let Some(last) = self.rooms.get_mut(room) else {
+            return Ok(());
+        };
+        if seq > *last + 1 {
+            // The store lacks seqs that fan-out already announced: deliver rather than
+            // stall, and leave a trace of the inconsistency.
+            tracing::error!(
+                room = &**room,
+                seq,
+                last = *last,
+                "store is missing messages announced by fan-out"
+            );
+        } else if seq <= *last {
+            return Ok(());
+        }
+        *last = seq;
+        self.feed(frame.clone()).await
     }
 
     async fn join(&mut self, room: Arc<str>, since: Option<u64>) -> Result<(), WriterStop> {
