@@ -287,16 +287,26 @@ impl Reader {
         }
     }
 
+    /// Answers a frame with an invalid name with `invalid_frame`; `id` and `room` are echoed
+    /// only when they are themselves valid.
+    async fn invalid_name(
+        &mut self,
+        id: Option<String>,
+        room: Option<String>,
+        err: names::NameError,
+    ) -> bool {
+        self.send(room_error(
+            ErrorCode::InvalidFrame,
+            id,
+            room,
+            err.to_string(),
+        ))
+        .await
+    }
+
     async fn join(&mut self, room: String, since: Option<u64>) -> bool {
         if let Err(err) = names::check_room(&room) {
-            return self
-                .send(room_error(
-                    ErrorCode::InvalidFrame,
-                    None,
-                    None,
-                    err.to_string(),
-                ))
-                .await;
+            return self.invalid_name(None, None, err).await;
         }
         if !self.claims.may_access(&room) {
             let message = "the token does not allow this room".to_owned();
@@ -354,14 +364,7 @@ impl Reader {
 
     async fn leave(&mut self, room: String) -> bool {
         if let Err(err) = names::check_room(&room) {
-            return self
-                .send(room_error(
-                    ErrorCode::InvalidFrame,
-                    None,
-                    None,
-                    err.to_string(),
-                ))
-                .await;
+            return self.invalid_name(None, None, err).await;
         }
         let room = match self.joined.take(room.as_str()) {
             Some(room) => {
@@ -384,34 +387,13 @@ impl Reader {
         if let Err(err) = names::check_id(&id) {
             // Echo the room only when it is a valid name: invalid names are never echoed.
             let room = names::check_room(&room).is_ok().then_some(room);
-            return self
-                .send(room_error(
-                    ErrorCode::InvalidFrame,
-                    None,
-                    room,
-                    err.to_string(),
-                ))
-                .await;
+            return self.invalid_name(None, room, err).await;
         }
         if let Err(err) = names::check_room(&room) {
-            return self
-                .send(room_error(
-                    ErrorCode::InvalidFrame,
-                    Some(id),
-                    None,
-                    err.to_string(),
-                ))
-                .await;
+            return self.invalid_name(Some(id), None, err).await;
         }
         if let Err(err) = names::check_event(&event) {
-            return self
-                .send(room_error(
-                    ErrorCode::InvalidFrame,
-                    Some(id),
-                    Some(room),
-                    err.to_string(),
-                ))
-                .await;
+            return self.invalid_name(Some(id), Some(room), err).await;
         }
         if !self.joined.contains(room.as_str()) {
             let message = "join the room before publishing to it".to_owned();
