@@ -34,6 +34,8 @@ pub struct BareConfig {
     pub write_buffer: Option<usize>,
     /// Frames queued per connection before it is closed as a slow consumer.
     pub queue: usize,
+    /// Leave Nagle's algorithm on (no `TCP_NODELAY`): a diagnostic, to see what it costs.
+    pub nagle: bool,
 }
 
 impl Default for BareConfig {
@@ -42,6 +44,7 @@ impl Default for BareConfig {
             read_buffer: None,
             write_buffer: None,
             queue: 1024,
+            nagle: false,
         }
     }
 }
@@ -129,7 +132,9 @@ async fn connection(
     shared: Arc<Shared>,
     shutdown: CancellationToken,
 ) {
-    let _ = stream.set_nodelay(true);
+    if !shared.config.nagle {
+        let _ = stream.set_nodelay(true);
+    }
     let Ok(ws) =
         tokio_tungstenite::accept_async_with_config(stream, Some(shared.config.ws_config())).await
     else {

@@ -168,13 +168,14 @@ impl From<tungstenite::Error> for ConnectError {
     }
 }
 
-/// Source addresses to spread connections over: `127.0.0.1` … `127.0.0.N` (`None` for `n ≤ 1`:
-/// the kernel picks, which is `127.0.0.1` towards a loopback server).
+/// Source addresses to spread connections over: `127.0.0.2` … `127.0.0.{N+1}`, each with its
+/// own range of ephemeral ports (`None` for `n ≤ 1`: the kernel picks, which is `127.0.0.1`
+/// towards a loopback server, shared with everything else on the machine).
 pub fn source_addresses(n: usize) -> Vec<Option<IpAddr>> {
     if n <= 1 {
         return vec![None];
     }
-    (1..=n.min(254))
+    (2..=n.min(253) + 1)
         .map(|i| Some(IpAddr::V4(Ipv4Addr::new(127, 0, 0, i as u8))))
         .collect()
 }
@@ -210,6 +211,9 @@ async fn connect_inner(
     }
     let stream = socket.connect(endpoint.addr).await?;
     stream.set_nodelay(true)?;
+    // Close with a reset: the load generator's closed sockets leave no TIME_WAIT behind to
+    // hold ephemeral ports that the next run needs.
+    stream.set_zero_linger()?;
     let url = format!("ws://{}{}", endpoint.addr, endpoint.target.ws_path());
     let mut request = url.into_client_request()?;
     if let Some(token) = token {

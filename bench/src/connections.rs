@@ -45,7 +45,7 @@ pub struct ConnectionsParams {
     pub connections: usize,
     /// Handshakes in flight at once (per process).
     pub concurrency: usize,
-    /// Source addresses 127.0.0.1 … 127.0.0.N to spread connections over.
+    /// Source addresses 127.0.0.2 … 127.0.0.{N+1} to spread connections over (1: the kernel picks).
     pub source_ips: usize,
     /// Child processes holding the connections; 0: this process holds them.
     pub client_procs: usize,
@@ -561,6 +561,19 @@ impl Clients {
         }
     }
 
+    /// Sends `line` to every worker; returns how many there are.
+    async fn send_all(&mut self, line: &str) -> Result<usize, ScenarioError> {
+        match self {
+            Clients::Workers { workers, .. } => {
+                for worker in workers.iter_mut() {
+                    worker.send(line).await?;
+                }
+                Ok(workers.len())
+            }
+            Clients::Here { .. } => Err(ScenarioError::Failed("no workers".into())),
+        }
+    }
+
     /// Opens every connection; `progress` counts them as they open.
     async fn open(
         &mut self,
@@ -583,13 +596,7 @@ impl Clients {
             *opened = Some(result.clone());
             return Ok(result);
         }
-        let Clients::Workers { workers, .. } = self else {
-            unreachable!()
-        };
-        for worker in workers.iter_mut() {
-            worker.send("go").await?;
-        }
-        let n = workers.len();
+        let n = self.send_all("go").await?;
         let mut latest = vec![0u64; n];
         let mut total = Opened::default();
         let mut done = 0;
@@ -631,13 +638,7 @@ impl Clients {
                 fds,
             ));
         }
-        let Clients::Workers { workers, .. } = self else {
-            unreachable!()
-        };
-        for worker in workers.iter_mut() {
-            worker.send("status").await?;
-        }
-        let n = workers.len();
+        let n = self.send_all("status").await?;
         let (mut alive, mut first, mut rss, mut fds) = (0, None, 0, 0);
         let mut answered = 0;
         while answered < n {

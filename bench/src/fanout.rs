@@ -38,9 +38,10 @@ pub struct FanoutParams {
     pub payload_bytes: usize,
     /// Connections set up at once.
     pub concurrency: usize,
-    /// Source addresses 127.0.0.1 … 127.0.0.N to spread connections over.
+    /// Source addresses 127.0.0.2 … 127.0.0.{N+1} to spread connections over (1: the kernel picks).
     pub source_ips: usize,
-    /// How long to wait for outstanding acks and deliveries after the last publish.
+    /// After the last publish, outstanding acks and deliveries are waited for until none
+    /// arrived for this long (at most 5 minutes); what is missing then counts as lost.
     pub drain_timeout: Duration,
     /// Client socket settings.
     pub client: ClientConfig,
@@ -110,6 +111,10 @@ pub struct FanoutResult {
     pub publish_rate: f64,
     /// Deliveries per second over the window.
     pub deliveries_per_sec: f64,
+    /// Deliveries per second asked for: rate × members.
+    pub offered_deliveries_per_sec: f64,
+    /// Time from the last publish until every delivery arrived (or the drain gave up), seconds.
+    pub drain_secs: f64,
     /// Server CPU seconds over the window.
     pub server_cpu_secs: f64,
     /// Server CPU use over the window (1.0 = one core).
@@ -120,8 +125,11 @@ pub struct FanoutResult {
     pub server_rss_bytes: u64,
     /// Load generator CPU use over the window (1.0 = one core).
     pub client_cpu_util: f64,
-    /// Publish → receive latency of measured events.
+    /// Publish → receive latency of measured events at the subscribers.
     pub latency: LatencySummary,
+    /// Publish → receive latency of the publisher's own copies (it is a member too).
+    #[serde(default)]
+    pub publisher_echo_latency: LatencySummary,
     /// Publish → ack latency of measured events.
     pub ack_latency: LatencySummary,
     /// Time to connect and join every member, seconds.
@@ -137,9 +145,14 @@ struct Acks {
     errors: Arc<AtomicU64>,
     first_error: Arc<Mutex<Option<String>>>,
     latency: Arc<ShardedHistogram>,
+    echo: Arc<ShardedHistogram>,
 }
 
 impl AckHandler for Acks {
+    fn echo_latency(&self) -> Option<Arc<ShardedHistogram>> {
+        Some(self.echo.clone())
+    }
+
     fn ack(&mut self, index: Option<u64>) {
         let Some(index) = index else { return };
         if !self.acked.insert(index) {
@@ -167,14 +180,24 @@ impl AckHandler for Acks {
     }
 }
 
-/// Polls `done` every 5 ms until it holds or `timeout` passes.
-pub(crate) async fn wait_until(timeout: Duration, mut done: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while !done() {
-        if Instant::now() >= deadline {
+/// Longest drain, whatever the progress.
+const DRAIN_MAX: Duration = Duration::from_secs(300);
+
+/// Polls `count` every 5 ms until it reaches `target`, or stops growing for `idle`, or
+/// [`DRAIN_MAX`] passes; true when it reached `target`. A server that is behind but still
+/// delivering is waited for; one that stopped delivering is not.
+pub(crate) async fn wait_for(idle: Duration, target: u64, count: impl Fn() -> u64) -> bool {
+    let start = Instant::now();
+    let (mut last, mut last_change) = (count(), Instant::now());
+    while last < target {
+        if last_change.elapsed() >= idle || start.elapsed() >= DRAIN_MAX {
             return false;
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
+        let now = count();
+        if now != last {
+            (last, last_change) = (now, Instant::now());
+        }
     }
     true
 }
@@ -243,6 +266,7 @@ pub async fn run(
     let errors = Arc::new(AtomicU64::new(0));
     let first_error = Arc::new(Mutex::new(None));
     let ack_latency = Arc::new(ShardedHistogram::new(1));
+    let echo_latency = Arc::new(ShardedHistogram::new(1));
     let acks = Acks {
         send_ns: send_ns.clone(),
         clock,
@@ -252,6 +276,7 @@ pub async fn run(
         errors: errors.clone(),
         first_error: first_error.clone(),
         latency: ack_latency.clone(),
+        echo: echo_latency.clone(),
     };
     let reader = tokio::spawn(publisher_reader(
         stream,
@@ -315,14 +340,14 @@ pub async fn run(
     let publish_end = Instant::now();
 
     // Drain: every publish answered, then every acknowledged event delivered to every member.
-    wait_until(params.drain_timeout, || {
-        acked_count.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed) >= published
+    wait_for(params.drain_timeout, published, || {
+        acked_count.load(Ordering::Relaxed) + errors.load(Ordering::Relaxed)
     })
     .await;
     let acked = acked_count.load(Ordering::Relaxed);
     let want = acked * members as u64;
-    wait_until(params.drain_timeout, || {
-        shared.unique.load(Ordering::Relaxed) >= want
+    wait_for(params.drain_timeout, want, || {
+        shared.unique.load(Ordering::Relaxed)
     })
     .await;
     let window_end = Instant::now();
@@ -384,6 +409,8 @@ pub async fn run(
         window_secs,
         publish_rate: (published.saturating_sub(warm)) as f64 / publish_secs,
         deliveries_per_sec: deliveries as f64 / window_secs,
+        offered_deliveries_per_sec: params.rate * members as f64,
+        drain_secs: window_end.duration_since(publish_end).as_secs_f64(),
         server_cpu_secs: server_cpu,
         server_cpu_util: server_cpu / window_secs,
         deliveries_per_server_cpu_sec: if server_cpu > 0.0 {
@@ -395,6 +422,7 @@ pub async fn run(
         client_cpu_util: client_end.cpu_since(&client_start) / window_secs,
         latency: LatencySummary::of(&shared.latency.merged()),
         ack_latency: LatencySummary::of(&ack_latency.merged()),
+        publisher_echo_latency: LatencySummary::of(&echo_latency.merged()),
         setup_secs,
     })
 }

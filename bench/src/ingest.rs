@@ -8,7 +8,7 @@
 
 use crate::client::{ClientConfig, Endpoint, random_tag, source_addresses};
 use crate::error::ScenarioError;
-use crate::fanout::wait_until;
+use crate::fanout::wait_for;
 use crate::member::{
     AckHandler, Deliveries, JoinPlan, SharedSink, connect_members, publisher_reader,
 };
@@ -39,9 +39,10 @@ pub struct IngestParams {
     pub warmup: Duration,
     /// Size of each event's JSON payload.
     pub payload_bytes: usize,
-    /// Source addresses 127.0.0.1 … 127.0.0.N to spread connections over.
+    /// Source addresses 127.0.0.2 … 127.0.0.{N+1} to spread connections over (1: the kernel picks).
     pub source_ips: usize,
-    /// How long to wait for outstanding acks and deliveries at the end.
+    /// At the end, outstanding acks and deliveries are waited for until none arrived for this
+    /// long (at most 5 minutes); what is missing then counts as lost.
     pub drain_timeout: Duration,
     /// Client socket settings.
     pub client: ClientConfig,
@@ -58,7 +59,7 @@ impl Default for IngestParams {
             warmup: Duration::from_secs(2),
             payload_bytes: 100,
             source_ips: 1,
-            drain_timeout: Duration::from_secs(30),
+            drain_timeout: Duration::from_secs(10),
             client: ClientConfig::default(),
             progress: false,
         }
@@ -98,6 +99,14 @@ pub struct IngestResult {
     pub disconnected: u64,
     /// How the first of them ended.
     pub first_disconnect: Option<String>,
+    /// Time from the last publish until every acknowledged event came back (or the drain
+    /// gave up), seconds: how far delivery lags behind acknowledgement.
+    #[serde(default)]
+    pub drain_secs: f64,
+    /// Acknowledged events delivered per second, from the first publish to the last delivery:
+    /// the rate the whole pipeline sustains.
+    #[serde(default)]
+    pub delivered_per_sec: f64,
     /// Measured part, seconds.
     pub window_secs: f64,
     /// Acknowledged publishes per second.
@@ -297,6 +306,7 @@ pub async fn run(
     };
 
     let own = [procfs::own_pid()];
+    let sending_start = Instant::now();
     tokio::time::sleep(params.warmup).await;
     totals
         .measure_from_ns
@@ -326,15 +336,17 @@ pub async fn run(
         }
     }
     let sent = totals.sent.load(Ordering::Relaxed);
-    wait_until(params.drain_timeout, || {
-        totals.acked.load(Ordering::Relaxed) + totals.errors.load(Ordering::Relaxed) >= sent
+    let sending_end = Instant::now();
+    wait_for(params.drain_timeout, sent, || {
+        totals.acked.load(Ordering::Relaxed) + totals.errors.load(Ordering::Relaxed)
     })
     .await;
     let acked = totals.acked.load(Ordering::Relaxed);
-    wait_until(params.drain_timeout, || {
-        shared.unique.load(Ordering::Relaxed) >= acked
+    wait_for(params.drain_timeout, acked, || {
+        shared.unique.load(Ordering::Relaxed)
     })
     .await;
+    let delivered_end = Instant::now();
     drop(progress);
     shared.stop.cancel();
     let mut lost = 0;
@@ -374,6 +386,12 @@ pub async fn run(
         disconnected: shared.disconnected.load(Ordering::Relaxed),
         first_disconnect: shared.first_disconnect(),
         window_secs,
+        drain_secs: delivered_end.duration_since(sending_end).as_secs_f64(),
+        delivered_per_sec: acked as f64
+            / delivered_end
+                .duration_since(sending_start)
+                .as_secs_f64()
+                .max(1e-9),
         acks_per_sec: measured_acks as f64 / window_secs,
         server_cpu_secs: server_cpu,
         server_cpu_util: server_cpu / window_secs,

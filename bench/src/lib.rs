@@ -20,6 +20,7 @@
 pub mod bare;
 pub mod client;
 pub mod connections;
+pub mod direct;
 pub mod error;
 pub mod fanout;
 pub mod ingest;

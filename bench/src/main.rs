@@ -10,7 +10,7 @@
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use roomcast_bench::bare::{self, BareConfig};
-use roomcast_bench::client::ClientConfig;
+use roomcast_bench::client::{ClientConfig, Endpoint, TokenMinter};
 use roomcast_bench::connections::{self, ConnectionsParams, OpenSpec, WorkerArgs};
 use roomcast_bench::fanout::FanoutParams;
 use roomcast_bench::ingest::IngestParams;
@@ -104,6 +104,34 @@ enum Command {
         #[arg(long, default_value_t = 100)]
         payload_bytes: usize,
     },
+    /// Durable publishes straight into a broker through Roomcast's broker client, no gateway:
+    /// the broker's own rate, the reference for `ingest` on that broker.
+    BrokerPublish {
+        /// Broker URL (`amqp://…`, `kafka://…`, `embedded:<dir>`).
+        #[arg(long)]
+        broker: String,
+        /// Publishes in flight at once.
+        #[arg(long, default_value_t = 512)]
+        inflight: usize,
+        /// Keys (rooms) to spread the publishes over.
+        #[arg(long, default_value_t = 64)]
+        keys: usize,
+        /// Measured seconds.
+        #[arg(long, default_value_t = 20.0)]
+        duration: f64,
+        /// Warm-up seconds.
+        #[arg(long, default_value_t = 2.0)]
+        warmup: f64,
+        /// Payload size in bytes.
+        #[arg(long, default_value_t = 100)]
+        payload_bytes: usize,
+        /// Runs (the median is reported).
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Write the results (JSON) here.
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
     /// The bare baseline: a minimal tokio-tungstenite broadcast server speaking Roomcast's frames.
     BareServer {
         /// Address to listen on; prints `listening on http://ADDR`.
@@ -118,6 +146,9 @@ enum Command {
         /// Frames queued per connection before it is closed as a slow consumer.
         #[arg(long, default_value_t = 1024)]
         queue: usize,
+        /// Leave Nagle's algorithm on (no TCP_NODELAY on accepted sockets): a diagnostic.
+        #[arg(long)]
+        nagle: bool,
     },
     /// Holds a share of the `connections` scenario's connections (started by it).
     #[command(hide = true)]
@@ -147,7 +178,7 @@ enum Command {
     Plot {
         /// Results files.
         files: Vec<PathBuf>,
-        /// Metrics to draw [default: the scenario's headline metrics].
+        /// Metrics to draw [default: the scenario's main figures].
         #[arg(long, value_delimiter = ',')]
         metrics: Vec<String>,
     },
@@ -199,7 +230,7 @@ struct Common {
     /// Parent directory of the servers' temporary data directories.
     #[arg(long)]
     data_root: Option<PathBuf>,
-    /// Spread connections over source addresses 127.0.0.1 … 127.0.0.N.
+    /// Spread connections over source addresses 127.0.0.2 … 127.0.0.{N+1} (1: the kernel picks 127.0.0.1).
     #[arg(long, default_value_t = 1)]
     source_ips: usize,
     /// Load-generator WebSocket read buffer per connection, bytes.
@@ -208,9 +239,24 @@ struct Common {
     /// Load-generator WebSocket write buffer per connection, bytes.
     #[arg(long)]
     client_write_buffer: Option<usize>,
+    /// At the end, wait for outstanding acks and deliveries until none arrived for this many
+    /// seconds; what is missing then counts as lost.
+    #[arg(long, default_value_t = 10.0)]
+    drain_timeout: f64,
     /// Seconds between two servers.
     #[arg(long, default_value_t = 2.0)]
     pause: f64,
+    /// Run against a server that is already running at this address (the first of --targets
+    /// says what it speaks; Roomcast's HS256 secret comes from ROOMCAST_JWT_SECRET) instead of
+    /// starting one per run.
+    #[arg(long, requires = "attach_pid")]
+    attach: Option<SocketAddr>,
+    /// The attached server's process id (for its CPU time and memory).
+    #[arg(long)]
+    attach_pid: Vec<u32>,
+    /// Record a CPU profile of every server (`perf record -p PID`) into this directory.
+    #[arg(long)]
+    perf_dir: Option<PathBuf>,
     /// Write the results (JSON) here.
     #[arg(long)]
     out: Option<PathBuf>,
@@ -242,6 +288,7 @@ impl Common {
         launcher.bare_buffer = self.bare_buffer;
         launcher.roomcast_args = self.roomcast_arg.clone();
         launcher.data_root = self.data_root.clone();
+        launcher.perf_dir = self.perf_dir.clone();
         launcher.backend = match self.backend.as_str() {
             "embedded" => Backend::Embedded,
             url if url.contains("://") => Backend::Networked {
@@ -271,6 +318,25 @@ async fn suite(common: Common, scenario: Scenario) -> Result<()> {
         pause: secs(common.pause),
         command: std::env::args().collect::<Vec<_>>().join(" "),
         verbose: true,
+        attach: match common.attach {
+            Some(addr) => {
+                let target = *common.targets.first().context("--attach needs a target")?;
+                let minter = match target {
+                    Target::Roomcast => Some(TokenMinter::hs256(
+                        &std::env::var("ROOMCAST_JWT_SECRET")
+                            .context("--attach to roomcast needs ROOMCAST_JWT_SECRET")?,
+                    )),
+                    _ => None,
+                };
+                Some(Endpoint {
+                    target,
+                    addr,
+                    pids: common.attach_pid.clone(),
+                    minter,
+                })
+            }
+            None => None,
+        },
     };
     let report = run_suite(&launcher, &scenario, &options).await;
     let json = serde_json::to_string_pretty(&report).context("encoding the results")?;
@@ -323,7 +389,7 @@ async fn main() -> Result<()> {
                 source_ips: common.source_ips,
                 client: common.client(ClientConfig::default()),
                 progress: !common.quiet,
-                ..FanoutParams::default()
+                drain_timeout: secs(common.drain_timeout),
             };
             suite(common, Scenario::Fanout(params)).await
         }
@@ -352,6 +418,58 @@ async fn main() -> Result<()> {
             };
             suite(common, Scenario::Connections(params)).await
         }
+        Command::BrokerPublish {
+            broker,
+            inflight,
+            keys,
+            duration,
+            warmup,
+            payload_bytes,
+            runs,
+            out,
+        } => {
+            let params = roomcast_bench::direct::DirectParams {
+                broker_url: broker.clone(),
+                inflight,
+                keys,
+                duration: secs(duration),
+                warmup: secs(warmup),
+                payload_bytes,
+            };
+            let machine = roomcast_bench::report::Machine::probe();
+            let mut results = Vec::new();
+            for run in 1..=runs.max(1) {
+                let result = roomcast_bench::direct::run(&params).await?;
+                eprintln!(
+                    "run {run}: {:.0} acked publishes/s, p99 {:.2} ms, {} errors",
+                    result.acks_per_sec, result.ack_latency.p99_ms, result.errors
+                );
+                results.push(result);
+            }
+            let rates: Vec<f64> = results.iter().map(|r| r.acks_per_sec).collect();
+            let p99s: Vec<f64> = results.iter().map(|r| r.ack_latency.p99_ms).collect();
+            let median = roomcast_bench::stats::median(&rates).unwrap_or_default();
+            let p99 = roomcast_bench::stats::median(&p99s).unwrap_or_default();
+            println!(
+                "broker-publish {}: median {median:.0} acked publishes/s, p99 {p99:.2} ms",
+                roomcast_broker::redact_url(&broker)
+            );
+            let json = serde_json::json!({
+                "scenario": "broker-publish",
+                "broker": roomcast_broker::redact_url(&broker),
+                "command": std::env::args().collect::<Vec<_>>().join(" "),
+                "machine": machine,
+                "loadavg_end": roomcast_bench::report::loadavg(),
+                "median_acks_per_sec": median,
+                "median_ack_latency_p99_ms": p99,
+                "runs": results,
+            });
+            if let Some(out) = out {
+                let text = serde_json::to_string_pretty(&json).context("encoding the results")?;
+                std::fs::write(&out, text).with_context(|| format!("writing {}", out.display()))?;
+            }
+            Ok(())
+        }
         Command::Ingest {
             common,
             publishers,
@@ -369,7 +487,7 @@ async fn main() -> Result<()> {
                 source_ips: common.source_ips,
                 client: common.client(ClientConfig::default()),
                 progress: !common.quiet,
-                ..IngestParams::default()
+                drain_timeout: secs(common.drain_timeout),
             };
             suite(common, Scenario::Ingest(params)).await
         }
@@ -378,6 +496,7 @@ async fn main() -> Result<()> {
             read_buffer,
             write_buffer,
             queue,
+            nagle,
         } => {
             let listener = TcpListener::bind(listen)
                 .await
@@ -404,6 +523,7 @@ async fn main() -> Result<()> {
                     read_buffer,
                     write_buffer,
                     queue,
+                    nagle,
                 },
                 shutdown,
             )
@@ -442,7 +562,11 @@ async fn main() -> Result<()> {
             for file in &files {
                 let report = read_report(file)?;
                 let names: Vec<String> = if metrics.is_empty() {
-                    report.headline().into_iter().map(str::to_owned).collect()
+                    report
+                        .chart_metrics()
+                        .into_iter()
+                        .map(str::to_owned)
+                        .collect()
                 } else {
                     metrics.clone()
                 };

@@ -85,6 +85,8 @@ pub struct MemberState {
     last_seq: Option<u64>,
     latency_batch: Vec<u64>,
     key: usize,
+    /// Where latency goes instead of the shared histogram (the publisher's own copies).
+    latency_sink: Option<Arc<ShardedHistogram>>,
 }
 
 impl MemberState {
@@ -95,7 +97,14 @@ impl MemberState {
             last_seq: None,
             latency_batch: Vec::new(),
             key,
+            latency_sink: None,
         }
+    }
+
+    /// Records latency into `sink` rather than the shared histogram.
+    pub fn with_latency_sink(mut self, sink: Option<Arc<ShardedHistogram>>) -> Self {
+        self.latency_sink = sink;
+        self
     }
 
     /// Records a received message.
@@ -132,7 +141,8 @@ impl MemberState {
     /// Moves buffered latency samples into the shared histogram.
     pub fn flush(&mut self, shared: &Deliveries) {
         if !self.latency_batch.is_empty() {
-            shared.latency.record_all(self.key, &self.latency_batch);
+            let sink = self.latency_sink.as_deref().unwrap_or(&shared.latency);
+            sink.record_all(self.key, &self.latency_batch);
             self.latency_batch.clear();
         }
     }
@@ -199,6 +209,11 @@ pub trait AckHandler: Send {
     fn ack(&mut self, index: Option<u64>);
     /// The server answered a publish with an error frame.
     fn error(&mut self, text: &str);
+
+    /// Where the publisher's own copies record their latency; `None`: with every member's.
+    fn echo_latency(&self) -> Option<Arc<ShardedHistogram>> {
+        None
+    }
 }
 
 /// Reads a publisher's connection: acks go to `acks`, its own room messages are recorded like
@@ -215,7 +230,7 @@ where
     S: Stream<Item = Result<Message, tungstenite::Error>> + Unpin,
     A: AckHandler,
 {
-    let mut state = MemberState::new(expected, key);
+    let mut state = MemberState::new(expected, key).with_latency_sink(acks.echo_latency());
     let stop = shared.stop.clone();
     let stopped = stop.cancelled();
     tokio::pin!(stopped);

@@ -27,11 +27,25 @@ impl Metrics for FanoutResult {
                 self.deliveries_per_server_cpu_sec,
             ),
             ("deliveries_per_sec", self.deliveries_per_sec),
+            (
+                "offered_deliveries_per_sec",
+                self.offered_deliveries_per_sec,
+            ),
+            ("drain_secs", self.drain_secs),
             ("server_cpu_util", self.server_cpu_util),
             ("latency_p50_ms", self.latency.p50_ms),
             ("latency_p99_ms", self.latency.p99_ms),
             ("latency_p999_ms", self.latency.p999_ms),
+            ("ack_latency_p50_ms", self.ack_latency.p50_ms),
             ("ack_latency_p99_ms", self.ack_latency.p99_ms),
+            (
+                "publisher_echo_latency_p50_ms",
+                self.publisher_echo_latency.p50_ms,
+            ),
+            (
+                "publisher_echo_latency_p99_ms",
+                self.publisher_echo_latency.p99_ms,
+            ),
             ("lost", self.lost as f64),
             ("duplicated", self.duplicated as f64),
             ("disconnected", self.disconnected as f64),
@@ -74,6 +88,8 @@ impl Metrics for IngestResult {
         vec![
             ("acks_per_sec", self.acks_per_sec),
             ("acks_per_server_cpu_sec", self.acks_per_server_cpu_sec),
+            ("delivered_per_sec", self.delivered_per_sec),
+            ("drain_secs", self.drain_secs),
             ("server_cpu_util", self.server_cpu_util),
             ("ack_latency_p50_ms", self.ack_latency.p50_ms),
             ("ack_latency_p99_ms", self.ack_latency.p99_ms),
@@ -101,6 +117,18 @@ pub struct Machine {
     pub kernel: String,
     /// This process's open-file limit (soft).
     pub open_files_limit: Option<u64>,
+    /// `/proc/loadavg` when the suite started (other work on the machine shows here).
+    pub loadavg_start: String,
+    /// `/proc/loadavg` when the suite ended.
+    pub loadavg_end: String,
+}
+
+/// The text of `/proc/loadavg`.
+pub fn loadavg() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .unwrap_or_default()
+        .trim()
+        .to_owned()
 }
 
 impl Machine {
@@ -143,6 +171,8 @@ impl Machine {
                 .trim()
                 .to_owned(),
             open_files_limit,
+            loadavg_start: loadavg(),
+            loadavg_end: String::new(),
         }
     }
 }
@@ -152,6 +182,9 @@ impl Machine {
 pub struct Versions {
     /// `roomcast --version`.
     pub roomcast: Option<String>,
+    /// The `roomcast` binary measured: path, size and modification time.
+    #[serde(default)]
+    pub roomcast_binary: Option<String>,
     /// The source tree's commit (`git describe --always --dirty`).
     pub commit: Option<String>,
     /// `node --version`.
@@ -175,6 +208,22 @@ fn command_output(program: &Path, args: &[&str]) -> Option<String> {
         .then(|| String::from_utf8_lossy(&output.stdout).trim().to_owned())
 }
 
+/// `PATH (N bytes, modified at UNIX seconds)`.
+pub fn binary_fingerprint(path: &Path) -> Option<String> {
+    let meta = std::fs::metadata(path).ok()?;
+    let modified = meta
+        .modified()
+        .ok()?
+        .duration_since(std::time::UNIX_EPOCH)
+        .ok()?
+        .as_secs();
+    Some(format!(
+        "{} ({} bytes, modified at {modified})",
+        path.display(),
+        meta.len()
+    ))
+}
+
 impl Versions {
     /// Asks the binaries and package files.
     pub fn probe(launcher: &crate::server::Launcher, targets: &[Target]) -> Self {
@@ -191,6 +240,7 @@ impl Versions {
         let uses_node = targets.contains(&Target::SocketIo);
         Versions {
             roomcast: command_output(&launcher.roomcast_bin(), &["--version"]),
+            roomcast_binary: binary_fingerprint(&launcher.roomcast_bin()),
             commit: command_output(
                 Path::new("git"),
                 &[
@@ -389,6 +439,24 @@ impl Report {
         out
     }
 
+    /// The metrics worth a chart.
+    pub fn chart_metrics(&self) -> Vec<&'static str> {
+        match self.scenario.as_str() {
+            "fanout" => vec!["deliveries_per_server_cpu_sec", "latency_p99_ms"],
+            "connections" => vec![
+                "rss_per_connection_kib",
+                "handshakes_per_sec",
+                "handshakes_per_server_cpu_sec",
+            ],
+            "ingest" => vec![
+                "acks_per_sec",
+                "acks_per_server_cpu_sec",
+                "ack_latency_p99_ms",
+            ],
+            _ => Vec::new(),
+        }
+    }
+
     /// The default headline metrics of the scenario.
     pub fn headline(&self) -> Vec<&'static str> {
         match self.scenario.as_str() {
@@ -398,6 +466,8 @@ impl Report {
                 "latency_p50_ms",
                 "latency_p99_ms",
                 "latency_p999_ms",
+                "ack_latency_p50_ms",
+                "publisher_echo_latency_p99_ms",
                 "lost",
                 "duplicated",
             ],
@@ -412,6 +482,7 @@ impl Report {
             "ingest" => vec![
                 "acks_per_sec",
                 "acks_per_server_cpu_sec",
+                "delivered_per_sec",
                 "server_cpu_util",
                 "ack_latency_p50_ms",
                 "ack_latency_p99_ms",

@@ -114,6 +114,11 @@ pub struct Launcher {
     pub data_root: Option<PathBuf>,
     /// How long a server gets to announce its address.
     pub start_timeout: Duration,
+    /// Record a CPU profile of each server with `perf record -p PID` into this directory
+    /// (`{target}-{pid}.perf.data`).
+    pub perf_dir: Option<PathBuf>,
+    /// Arguments of `perf record` before `-p PID -o FILE`.
+    pub perf_args: Vec<String>,
 }
 
 impl Launcher {
@@ -135,6 +140,17 @@ impl Launcher {
             roomcast_args: Vec::new(),
             data_root: None,
             start_timeout: Duration::from_secs(30),
+            perf_dir: None,
+            perf_args: [
+                "-e",
+                "cpu-clock",
+                "-F",
+                "250",
+                "--call-graph",
+                "dwarf,16384",
+            ]
+            .map(str::to_owned)
+            .to_vec(),
         }
     }
 
@@ -165,6 +181,7 @@ impl Launcher {
         .map_err(io("creating a temporary directory"))?;
         let log = dir.path().join("server.log");
         let mut server = RunningServer {
+            profiler: None,
             target,
             children: Vec::new(),
             addr: None,
@@ -207,6 +224,9 @@ impl Launcher {
                     .spawn("socketio server", command, true, self.start_timeout)
                     .await?;
             }
+        }
+        if let Some(dir) = &self.perf_dir {
+            server.attach_perf(dir, &self.perf_args)?;
         }
         Ok(server)
     }
@@ -309,6 +329,7 @@ pub struct RunningServer {
     addr: Option<SocketAddr>,
     minter: Option<TokenMinter>,
     log: PathBuf,
+    profiler: Option<Child>,
     _dir: tempfile::TempDir,
 }
 
@@ -411,9 +432,60 @@ impl RunningServer {
         Ok(())
     }
 
+    /// Starts `perf record` on the serving process (the last one started).
+    fn attach_perf(&mut self, dir: &Path, args: &[String]) -> Result<(), ServerError> {
+        let pid = self
+            .children
+            .last()
+            .and_then(Child::id)
+            .ok_or_else(|| ServerError::Missing("no server process to profile".into()))?;
+        std::fs::create_dir_all(dir).map_err(io(format!("creating {}", dir.display())))?;
+        let out = dir.join(format!("{}-{pid}.perf.data", self.target));
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(io(format!("opening {}", self.log.display())))?;
+        let child = Command::new("perf")
+            .arg("record")
+            .args(args)
+            .arg("-p")
+            .arg(pid.to_string())
+            .arg("-o")
+            .arg(&out)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .map_err(|source| ServerError::Spawn {
+                program: "perf".into(),
+                source,
+            })?;
+        eprintln!(
+            "profiling {} (pid {pid}) into {}",
+            self.target,
+            out.display()
+        );
+        self.profiler = Some(child);
+        Ok(())
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; returns a description of unclean exits.
     pub async fn stop(mut self, grace: Duration) -> Option<String> {
         let mut problems = Vec::new();
+        if let Some(mut perf) = self.profiler.take() {
+            if let Some(pid) = perf.id() {
+                let _ = kill(Pid::from_raw(pid as i32), Signal::SIGINT);
+            }
+            if tokio::time::timeout(Duration::from_secs(120), perf.wait())
+                .await
+                .is_err()
+            {
+                let _ = perf.kill().await;
+                problems.push("perf record did not finish writing within 120 s".to_owned());
+            }
+        }
         // Stop the gateway (announcing process, last started) before the worker.
         while let Some(mut child) = self.children.pop() {
             if let Some(pid) = child.id() {

@@ -96,6 +96,9 @@ pub struct SuiteOptions {
     pub command: String,
     /// Print a line per run on stderr.
     pub verbose: bool,
+    /// Run against this already running server instead of starting one per run (every target
+    /// in `targets` is taken to be it).
+    pub attach: Option<Endpoint>,
 }
 
 /// Runs `scenario` as `options` say; failed runs are recorded with their error.
@@ -125,7 +128,10 @@ pub async fn run_suite(launcher: &Launcher, scenario: &Scenario, options: &Suite
             if !report.runs.is_empty() {
                 tokio::time::sleep(options.pause).await;
             }
-            let record = run_once(launcher, scenario, target, run).await;
+            let record = match &options.attach {
+                Some(endpoint) => run_attached(endpoint, scenario, run).await,
+                None => run_once(launcher, scenario, target, run).await,
+            };
             if options.verbose {
                 match &record.error {
                     Some(err) => eprintln!("run {run} {target}: FAILED: {err}"),
@@ -149,8 +155,41 @@ pub async fn run_suite(launcher: &Launcher, scenario: &Scenario, options: &Suite
             report.runs.push(record);
         }
     }
+    report.machine.loadavg_end = crate::report::loadavg();
+    let binary_now = crate::report::binary_fingerprint(&launcher.roomcast_bin());
+    if options.targets.contains(&Target::Roomcast) && binary_now != report.versions.roomcast_binary
+    {
+        eprintln!(
+            "warning: the roomcast binary changed during the suite: {:?} -> {binary_now:?}",
+            report.versions.roomcast_binary
+        );
+        report.versions.roomcast_binary = Some(format!(
+            "CHANGED DURING THE SUITE: {} -> {}",
+            report.versions.roomcast_binary.as_deref().unwrap_or("?"),
+            binary_now.as_deref().unwrap_or("?")
+        ));
+    }
     report.summarise();
     report
+}
+
+async fn run_attached(endpoint: &Endpoint, scenario: &Scenario, run: usize) -> RunRecord {
+    let mut record = RunRecord {
+        run,
+        target: endpoint.target,
+        error: None,
+        server_stop: None,
+        metrics: BTreeMap::new(),
+        result: None,
+    };
+    match scenario.run(endpoint).await {
+        Ok((result, metrics)) => {
+            record.result = Some(result);
+            record.metrics = metrics;
+        }
+        Err(err) => record.error = Some(err.to_string()),
+    }
+    record
 }
 
 async fn run_once(

@@ -133,8 +133,13 @@ async fn fanout_smoke(target: Target) {
     );
     assert_eq!(result.deliveries, result.expected_deliveries, "{result:?}");
     assert_eq!(
-        result.latency.count, result.deliveries,
+        result.latency.count + result.publisher_echo_latency.count,
+        result.deliveries,
         "one latency sample per measured delivery"
+    );
+    assert_eq!(
+        result.publisher_echo_latency.count, result.measured_events,
+        "{result:?}"
     );
     assert!(
         result.server_cpu_secs >= 0.0 && result.server_rss_bytes > 0,
@@ -300,6 +305,7 @@ async fn suite_compares_targets_in_one_run() {
         pause: Duration::ZERO,
         command: "smoke".into(),
         verbose: false,
+        attach: None,
     };
     let report = run_suite(&launcher(), &scenario, &options).await;
     for run in &report.runs {
@@ -336,4 +342,43 @@ async fn suite_compares_targets_in_one_run() {
     let json = serde_json::to_string(&report).expect("encode");
     let back: roomcast_bench::report::Report = serde_json::from_str(&json).expect("decode");
     assert_eq!(back.runs.len(), 3);
+}
+
+/// Publishes straight into the embedded broker and into RabbitMQ (the machine's, at
+/// `ROOMCAST_TEST_AMQP_URL`; skipped outside CI when it is unreachable).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn broker_publish_smoke() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let mut urls = vec![format!("embedded:{}", dir.path().display())];
+    let amqp = std::env::var("ROOMCAST_TEST_AMQP_URL")
+        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned());
+    if std::net::TcpStream::connect("127.0.0.1:5672").is_ok()
+        || std::env::var("CI").is_ok_and(|v| v == "true")
+    {
+        let prefix = format!("bench-smoke-{}", roomcast_bench::client::random_tag());
+        let sep = if amqp.contains('?') { '&' } else { '?' };
+        urls.push(format!("{amqp}{sep}prefix={prefix}&shards=2"));
+    } else {
+        eprintln!("skipping the RabbitMQ part: nothing listens on 127.0.0.1:5672");
+    }
+    for url in urls {
+        let params = roomcast_bench::direct::DirectParams {
+            broker_url: url.clone(),
+            inflight: 16,
+            keys: 4,
+            duration: Duration::from_millis(1500),
+            warmup: Duration::from_millis(200),
+            payload_bytes: 100,
+        };
+        let result = roomcast_bench::direct::run(&params)
+            .await
+            .unwrap_or_else(|e| panic!("broker-publish on {url}: {e}"));
+        assert!(result.acked > 0, "nothing was confirmed on {url}");
+        assert_eq!(result.errors, 0, "publishes failed on {url}");
+        if url.starts_with("amqp") {
+            roomcast_broker::amqp::delete_topology(&url)
+                .await
+                .unwrap_or_else(|e| panic!("deleting the test topology: {e}"));
+        }
+    }
 }

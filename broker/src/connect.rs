@@ -7,7 +7,8 @@ use std::sync::Arc;
 /// Opens the broker named by `url`:
 /// - `embedded:<dir>` (also `embedded://<dir>`): the embedded broker stored in `<dir>`,
 ///   e.g. `embedded:./data/broker`;
-/// - `amqp://…`, `amqps://…` (RabbitMQ) and `kafka://…` are not available in this build.
+/// - `amqp://…`, `amqps://…`: RabbitMQ ([`crate::amqp`]);
+/// - `kafka://…`: Kafka ([`crate::kafka`]).
 ///
 /// Errors never contain the URL's password.
 pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
@@ -29,12 +30,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
             let broker: Arc<dyn Broker> = EmbeddedBroker::open(Path::new(dir)).await?;
             Ok(broker)
         }
-        "amqp" | "amqps" => Err(BrokerError::Config(
-            "the RabbitMQ (amqp) backend is not built yet".into(),
-        )),
-        "kafka" => Err(BrokerError::Config(
-            "the Kafka backend is not built yet".into(),
-        )),
+        "amqp" | "amqps" => crate::amqp::connect(url).await,
+        "kafka" => crate::kafka::connect(url).await,
         other => Err(BrokerError::Config(format!(
             "unknown broker scheme `{other}` in `{}`; expected embedded:<dir>, amqp://… or kafka://…",
             redact_url(url)

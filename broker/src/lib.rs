@@ -20,9 +20,13 @@
 //!    (nack, consumer dropped, process crash, restart) is delivered again. Consumers must
 //!    therefore be idempotent (the worker deduplicates by event id).
 //! 3. Order per key: records published with the same key (the room) are delivered in publish
-//!    order, and a key's records are never processed by two consumers at once: a record of a
-//!    key is not handed out while an earlier record of the same key is delivered and not yet
-//!    acked, so a redelivery always comes before the key's later records.
+//!    order, and a key is held by one stream at a time: while a stream has unacked deliveries
+//!    of a key, no other stream of the group receives any of that key's records. The holding
+//!    stream may receive the key's later records before the earlier ones are acked (in order,
+//!    several in one batch), so a busy room is processed in batches. A nacked delivery, or an
+//!    unacked one of a dropped stream, is delivered again before the key's later records; a
+//!    consumer that nacks a delivery nacks its later deliveries of the same key with it (it
+//!    must not ack a key's record after nacking an earlier one).
 //! 4. [`Delivery::attempt`] counts deliveries of the record (1 on the first), so consumers can
 //!    dead-letter records that keep failing ([`DeadLetterSink`]).
 //!
@@ -33,13 +37,17 @@
 //! the missed messages from the store. Durability lives in the inbound stream and the store,
 //! never in fan-out.
 
+pub mod amqp;
 mod connect;
 pub mod embedded;
+pub mod kafka;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 use async_trait::async_trait;
 use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use thiserror::Error;
 
@@ -66,6 +74,10 @@ pub enum BrokerError {
     Closed,
 }
 
+/// A publish whose place in its key's order is fixed and whose durability is still pending:
+/// resolves like [`EventPublisher::publish`] once the record is durable (or not).
+pub type PendingPublish = Pin<Box<dyn Future<Output = Result<(), BrokerError>> + Send>>;
+
 /// Durable publishing of inbound events (the gateway's side of the inbound stream).
 #[async_trait]
 pub trait EventPublisher: Send + Sync {
@@ -75,6 +87,22 @@ pub trait EventPublisher: Send + Sync {
     /// confirms) but confirms each only after it is durable. Records published by one caller
     /// one after another, each awaited, keep their order per key.
     async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError>;
+
+    /// Starts a publish: returns once the record's place in its key's order is fixed, with a
+    /// future that resolves when it is durable (with [`publish`](Self::publish)'s meaning).
+    /// Records started by one caller one after another, each start awaited, keep that order
+    /// per key, however their durability futures are awaited; so a caller keeps many
+    /// publishes in flight (pipelined) without losing its order.
+    ///
+    /// The default publishes and returns a resolved future (one publish at a time).
+    async fn start_publish(
+        &self,
+        key: &str,
+        payload: Bytes,
+    ) -> Result<PendingPublish, BrokerError> {
+        self.publish(key, payload).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 }
 
 /// Competing-consumer consumption of the inbound stream (the worker's side).
@@ -101,7 +129,8 @@ pub trait EventStream: Send {
 pub trait Settle: Send + Sync {
     /// The record is processed: remove it from the stream.
     async fn ack(self: Box<Self>) -> Result<(), BrokerError>;
-    /// The record was not processed: deliver it again (before the key's later records).
+    /// The record was not processed: deliver it again (before the key's later records, whose
+    /// deliveries to this stream are released with it).
     async fn nack(self: Box<Self>) -> Result<(), BrokerError>;
 }
 
@@ -160,6 +189,19 @@ pub trait DeadLetterSink: Send + Sync {
 pub trait FanoutPublisher: Send + Sync {
     /// Publishes `payload` for the subscribers of `room`; returns once the broker accepted it.
     async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError>;
+
+    /// Starts a fan-out publish: returns once the message's place in its room's order is
+    /// fixed, with a future that resolves when the broker accepted it (as
+    /// [`publish_fanout`](Self::publish_fanout)), so a worker publishes a batch's messages
+    /// pipelined, in order. The default publishes and returns a resolved future.
+    async fn start_publish_fanout(
+        &self,
+        room: &str,
+        payload: Bytes,
+    ) -> Result<PendingPublish, BrokerError> {
+        self.publish_fanout(room, payload).await?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
+    }
 }
 
 /// What a fan-out subscription yields.

@@ -32,10 +32,13 @@ pub trait BrokerFactory: Send + Sync {
 /// Expands into one `#[tokio::test]` per contract test, each running against brokers made by
 /// `$factory` (an expression evaluated once per test, whose type implements
 /// [`BrokerFactory`](crate::testkit::BrokerFactory)).
+///
+/// `contract_tests!(optional $factory)` takes a future of `Option<factory>` instead: a test
+/// whose future yields `None` (no test broker, outside CI) returns without running.
 #[macro_export]
 macro_rules! contract_tests {
-    ($factory:expr) => {
-        $crate::contract_tests!(@each $factory;
+    (@list $mode:ident $factory:expr) => {
+        $crate::contract_tests!(@each $mode $factory;
             publish_then_consume,
             next_batch_respects_max,
             per_key_order_with_concurrent_publishers,
@@ -52,7 +55,7 @@ macro_rules! contract_tests {
             close_ends_streams_and_subscriptions,
         );
     };
-    (@each $factory:expr; $($name:ident),* $(,)?) => {
+    (@each always $factory:expr; $($name:ident),* $(,)?) => {
         $(
             #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
             async fn $name() {
@@ -60,6 +63,21 @@ macro_rules! contract_tests {
                 $crate::testkit::cases::$name(&factory).await;
             }
         )*
+    };
+    (@each optional $factory:expr; $($name:ident),* $(,)?) => {
+        $(
+            #[::tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $name() {
+                let Some(factory) = $factory.await else { return };
+                $crate::testkit::cases::$name(&factory).await;
+            }
+        )*
+    };
+    (optional $factory:expr) => {
+        $crate::contract_tests!(@list optional $factory);
+    };
+    ($factory:expr) => {
+        $crate::contract_tests!(@list always $factory);
     };
 }
 
@@ -94,6 +112,19 @@ pub async fn next_batch(stream: &mut dyn EventStream, max: usize) -> Vec<Deliver
         batch.len()
     );
     batch
+}
+
+/// The next delivery of `stream`, taking from `ready` (what earlier batches brought) first.
+pub async fn next_one(
+    stream: &mut dyn EventStream,
+    ready: &mut std::collections::VecDeque<Delivery>,
+) -> Delivery {
+    if ready.is_empty() {
+        ready.extend(next_batch(stream, 10).await);
+    }
+    ready
+        .pop_front()
+        .expect("next_batch returns at least one delivery")
 }
 
 /// Fails the test if `stream` delivers anything within [`QUIET`].
@@ -187,8 +218,7 @@ impl Tally {
 }
 
 /// Consumes `total` records made by [`record`] with one stream, acking each batch; checks
-/// that each key's records arrive once each, as 1, 2, 3, … (or continuing from `tally`), and
-/// that a batch never holds two records of one key.
+/// that each key's records arrive once each, as 1, 2, 3, … (or continuing from `tally`).
 pub async fn drain_in_order(stream: &mut dyn EventStream, total: usize, max: usize) -> Tally {
     drain_more(stream, Tally::default(), total, max).await
 }
@@ -202,13 +232,7 @@ pub async fn drain_more(
 ) -> Tally {
     while tally.count < total {
         let batch = next_batch(stream, max).await;
-        let mut keys = HashSet::new();
         for delivery in &batch {
-            assert!(
-                keys.insert(delivery.key.clone()),
-                "a batch held two unacked records of key {}",
-                delivery.key
-            );
             let (key, n) = parse_record(&delivery.payload);
             assert_eq!(key, delivery.key, "payload published under another key");
             tally.see(&key, n);
@@ -332,8 +356,8 @@ pub mod cases {
         assert_quiet(&mut *stream, "every record was acked").await;
     }
 
-    /// Two streams of one group together receive every record exactly once, never hold two
-    /// unacked records of one key at once, and keep each key's order.
+    /// Two streams of one group together receive every record exactly once, never hold
+    /// unacked records of one key at the same time, and keep each key's order.
     pub async fn competing_consumers_share_records_once(factory: &dyn BrokerFactory) {
         const KEYS: usize = 15;
         const PER_KEY: u32 = 20;
@@ -352,13 +376,14 @@ pub mod cases {
         }
         #[derive(Default)]
         struct State {
-            in_flight: HashSet<String>,
+            /// Per key: the stream holding its unacked records, and how many it holds.
+            in_flight: HashMap<String, (usize, usize)>,
             tally: Tally,
         }
         let state = Arc::new(Mutex::new(State::default()));
         let done = Arc::new(tokio::sync::Notify::new());
         let mut consumers = Vec::new();
-        for mut stream in streams {
+        for (me, mut stream) in streams.into_iter().enumerate() {
             let state = state.clone();
             let done = done.clone();
             consumers.push(tokio::spawn(async move {
@@ -369,11 +394,16 @@ pub mod cases {
                     };
                     for delivery in &batch {
                         let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
-                        assert!(
-                            state.in_flight.insert(delivery.key.clone()),
-                            "two unacked records of key {} at once",
+                        let holder = state
+                            .in_flight
+                            .entry(delivery.key.clone())
+                            .or_insert((me, 0));
+                        assert_eq!(
+                            holder.0, me,
+                            "two streams hold unacked records of key {} at once",
                             delivery.key
                         );
+                        holder.1 += 1;
                     }
                     tokio::task::yield_now().await;
                     for delivery in batch {
@@ -381,7 +411,12 @@ pub mod cases {
                         {
                             let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
                             state.tally.see(&key, n);
-                            state.in_flight.remove(&delivery.key);
+                            if let Some(holder) = state.in_flight.get_mut(&delivery.key) {
+                                holder.1 -= 1;
+                                if holder.1 == 0 {
+                                    state.in_flight.remove(&delivery.key);
+                                }
+                            }
                         }
                         ack(delivery).await;
                         let finished = {
@@ -430,8 +465,9 @@ pub mod cases {
         assert_quiet(&mut *stream, "every record was acked").await;
     }
 
-    /// A nacked record comes again with attempt 2 before its key's later records, while
-    /// another key's record is delivered meanwhile.
+    /// A nacked record comes again with attempt 2 before its key's later records (which the
+    /// consumer, holding them too, nacks with it), while another key's record is delivered
+    /// meanwhile.
     pub async fn nack_redelivers_before_later_records(factory: &dyn BrokerFactory) {
         let broker = factory.fresh().await;
         let (k, o) = (unique("room"), unique("room"));
@@ -442,37 +478,47 @@ pub mod cases {
             .consume(&unique("group"))
             .await
             .unwrap_or_else(|e| panic!("consume failed: {e}"));
-        let mut held: HashMap<String, Delivery> = HashMap::new();
-        while held.len() < 2 {
+        // Until both keys' first records are held; k#2 may come along (after k#1).
+        let mut held: Vec<Delivery> = Vec::new();
+        let mut tally = Tally::default();
+        while !(tally.last.contains_key(&k) && tally.last.contains_key(&o)) {
             for delivery in next_batch(&mut *stream, 10).await {
                 let (key, n) = parse_record(&delivery.payload);
-                assert_eq!(n, 1, "{key}#{n} delivered while {key}#1 is unacked");
+                tally.see(&key, n);
                 assert_eq!(delivery.attempt, 1);
-                assert!(held.insert(key, delivery).is_none(), "delivered twice");
+                held.push(delivery);
             }
         }
-        let (Some(first), Some(other)) = (held.remove(&k), held.remove(&o)) else {
-            panic!("expected the first records of both keys");
-        };
-        nack(first).await;
-        let mut batch = next_batch(&mut *stream, 10).await;
-        assert_eq!(batch.len(), 1, "only the nacked record is ready");
-        let again = batch.remove(0);
-        assert_eq!(parse_record(&again.payload), (k.clone(), 1));
-        assert_eq!(again.attempt, 2);
-        ack(again).await;
-        let mut batch = next_batch(&mut *stream, 10).await;
-        assert_eq!(batch.len(), 1);
-        let second = batch.remove(0);
+        let mut k_held = Vec::new();
+        let mut other = None;
+        for delivery in held {
+            if delivery.key == k {
+                k_held.push(delivery);
+            } else {
+                other = Some(delivery);
+            }
+        }
+        let k2_delivered = k_held.len() == 2;
+        for delivery in k_held {
+            nack(delivery).await;
+        }
+        // k#1 again first, then k#2 (in the same batch or after k#1's ack).
+        let mut ready = std::collections::VecDeque::new();
+        let first = next_one(&mut *stream, &mut ready).await;
+        assert_eq!(parse_record(&first.payload), (k.clone(), 1));
+        assert_eq!(first.attempt, 2);
+        ack(first).await;
+        let second = next_one(&mut *stream, &mut ready).await;
         assert_eq!(parse_record(&second.payload), (k.clone(), 2));
-        assert_eq!(second.attempt, 1);
+        assert_eq!(second.attempt, if k2_delivered { 2 } else { 1 });
         ack(second).await;
-        ack(other).await;
+        assert!(ready.is_empty(), "only k's two records were ready");
+        ack(other.expect("o's record")).await;
         assert_quiet(&mut *stream, "every record was acked").await;
     }
 
     /// The unacked records of a dropped stream are delivered to another stream of the group,
-    /// before their keys' later records.
+    /// in order, and not before the stream is dropped.
     pub async fn dropped_stream_records_are_redelivered(factory: &dyn BrokerFactory) {
         let broker = factory.fresh().await;
         let group = unique("group");
@@ -484,29 +530,34 @@ pub mod cases {
             .await
             .unwrap_or_else(|e| panic!("consume failed: {e}"));
         let batch = next_batch(&mut *first, 10).await;
-        assert_eq!(batch.len(), 1, "the key's second record must wait");
         assert_eq!(parse_record(&batch[0].payload), (key.clone(), 1));
+        let both = batch.len() == 2;
         let mut second = broker
             .consume(&group)
             .await
             .unwrap_or_else(|e| panic!("consume failed: {e}"));
         assert_quiet(
             &mut *second,
-            "the key's first record is held by the other stream",
+            "the key's records are held by the other stream",
         )
         .await;
         drop(batch);
         drop(first);
-        let mut batch = next_batch(&mut *second, 10).await;
-        assert_eq!(batch.len(), 1);
-        let again = batch.remove(0);
+        let mut ready = std::collections::VecDeque::new();
+        let again = next_one(&mut *second, &mut ready).await;
         assert_eq!(parse_record(&again.payload), (key.clone(), 1));
         assert_eq!(again.attempt, 2);
         ack(again).await;
-        let mut batch = next_batch(&mut *second, 10).await;
-        let next = batch.remove(0);
+        let next = next_one(&mut *second, &mut ready).await;
         assert_eq!(parse_record(&next.payload), (key.clone(), 2));
+        if both {
+            assert_eq!(next.attempt, 2);
+        } else {
+            // A backend that had prefetched it may count that delivery.
+            assert!((1..=2).contains(&next.attempt), "attempt {}", next.attempt);
+        }
         ack(next).await;
+        assert!(ready.is_empty(), "only the key's two records were ready");
         assert_quiet(&mut *second, "every record was acked").await;
     }
 
@@ -530,7 +581,7 @@ pub mod cases {
         while acked < 2 {
             for delivery in next_batch(&mut *stream, 10).await {
                 let (key, n) = parse_record(&delivery.payload);
-                if key == k {
+                if key == k && acked < 2 {
                     assert_eq!(n, acked + 1);
                     ack(delivery).await;
                     acked += 1;

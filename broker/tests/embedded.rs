@@ -192,9 +192,9 @@ async fn crash_child() {
     let mut held = Vec::new();
     let mut acked = 0;
     while acked < 10 {
-        for delivery in next_batch(&mut *stream, 16).await {
+        for delivery in next_batch(&mut *stream, 64).await {
             let (key, n) = parse_record(&delivery.payload);
-            if key == "a" {
+            if key == "a" && acked < 10 {
                 delivery.ack().await.expect("ack");
                 acked += 1;
             } else {
@@ -239,7 +239,7 @@ async fn killed_process_loses_no_record() {
     .await;
     // SIGKILL: no destructor, no flush.
     child.kill().await.expect("kill the child");
-    assert!(!held.is_empty(), "the child held deliveries of b and c");
+    assert!(!held.is_empty(), "the child held deliveries");
 
     let broker = EmbeddedBroker::open(dir.path()).await.expect("reopen");
     let mut stream = broker.consume("workers").await.expect("consume");
@@ -494,9 +494,9 @@ async fn connect_opens_the_embedded_broker() {
 #[tokio::test]
 async fn connect_rejects_unavailable_and_unknown_backends() {
     for url in [
-        "amqp://roomcast:hunter2@localhost:5672/%2f",
-        "amqps://roomcast:hunter2@localhost",
-        "kafka://roomcast:hunter2@localhost:9092",
+        "amqp://roomcast:hunter2@localhost:5672/%2f?no_such_setting=1",
+        "amqps://roomcast:hunter2@localhost?shards=0",
+        "kafka://roomcast:hunter2@localhost:9092?no_such_setting=1",
         "redis://roomcast:hunter2@localhost",
         "no-scheme-here",
         "embedded:",
@@ -508,9 +508,5 @@ async fn connect_rejects_unavailable_and_unknown_backends() {
             Err(other) => panic!("{url}: expected a configuration error, got {other}"),
             Ok(_) => panic!("{url}: connected"),
         }
-    }
-    match connect("kafka://localhost:9092").await {
-        Err(BrokerError::Config(message)) => assert!(message.contains("not built yet")),
-        _ => panic!("kafka is not built yet"),
     }
 }

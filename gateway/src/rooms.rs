@@ -15,7 +15,7 @@ use crate::session::{FanoutBatch, Outbound};
 use roomcast_broker::{BrokerError, FanoutSubscription};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::mpsc::{self, error::TrySendError};
 use tokio_util::sync::CancellationToken;
@@ -33,21 +33,45 @@ pub(crate) struct MemberHandle {
     pub(crate) tx: mpsc::Sender<Outbound>,
     /// Cancelled when the queue overflowed: the connection is closed as a slow consumer.
     pub(crate) slow: CancellationToken,
+    /// Fan-out messages queued and not yet written (the writer takes them off).
+    pub(crate) backlog: Arc<AtomicUsize>,
+    /// Most fan-out messages queued before the member counts as a slow consumer.
+    pub(crate) limit: usize,
 }
 
 impl MemberHandle {
-    /// Queues `item` without waiting; a full queue marks the member as a slow consumer.
+    /// Queues `item` without waiting; a full queue, or more than `limit` fan-out messages
+    /// waiting (items carry batches), marks the member as a slow consumer.
     fn offer(&self, item: Outbound, overflows: &AtomicU64) {
+        let messages = match &item {
+            Outbound::Fanout { messages, .. } => messages.len(),
+            _ => 0,
+        };
+        if messages > 0 {
+            let before = self.backlog.fetch_add(messages, Ordering::Relaxed);
+            if before + messages > self.limit {
+                self.backlog.fetch_sub(messages, Ordering::Relaxed);
+                self.overflowed(overflows);
+                return;
+            }
+        }
         match self.tx.try_send(item) {
             Ok(()) => {}
             Err(TrySendError::Full(_)) => {
-                if !self.slow.is_cancelled() {
-                    overflows.fetch_add(1, Ordering::Relaxed);
-                    self.slow.cancel();
-                }
+                self.backlog.fetch_sub(messages, Ordering::Relaxed);
+                self.overflowed(overflows);
             }
             // The connection is ending; it removes itself from its rooms.
-            Err(TrySendError::Closed(_)) => {}
+            Err(TrySendError::Closed(_)) => {
+                self.backlog.fetch_sub(messages, Ordering::Relaxed);
+            }
+        }
+    }
+
+    fn overflowed(&self, overflows: &AtomicU64) {
+        if !self.slow.is_cancelled() {
+            overflows.fetch_add(1, Ordering::Relaxed);
+            self.slow.cancel();
         }
     }
 }
@@ -233,6 +257,8 @@ mod tests {
             MemberHandle {
                 tx,
                 slow: CancellationToken::new(),
+                backlog: Arc::new(AtomicUsize::new(0)),
+                limit: 1024,
             },
             rx,
         )

@@ -23,6 +23,7 @@ use axum::extract::{ConnectInfo, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::serve::ListenerExt;
 use roomcast_broker::Broker;
 use roomcast_worker::Store;
 use serde::Deserialize;
@@ -218,6 +219,12 @@ pub async fn serve(
     let app = gateway
         .router()
         .into_make_service_with_connect_info::<SocketAddr>();
+    // Frames are small and written as soon as they are ready: no Nagle delay on acks.
+    let listener = listener.tap_io(|tcp| {
+        if let Err(error) = tcp.set_nodelay(true) {
+            tracing::debug!(%error, "setting TCP_NODELAY failed");
+        }
+    });
     let server =
         axum::serve(listener, app).with_graceful_shutdown(stopping.clone().cancelled_owned());
     let mut server = std::pin::pin!(server.into_future());

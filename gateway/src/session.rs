@@ -4,8 +4,10 @@
 //! # Reader
 //! Parses each text frame into a [`ClientFrame`]; a bad frame gets an `error` frame and the
 //! connection stays usable, a frame over `max_frame_bytes` gets `too_large` and close 1009.
-//! Publishes are awaited one after another, so a connection's events reach the broker in the
-//! order it sent them; `ack` is sent only after the broker confirmed durable storage.
+//! Publishes are pipelined: each is handed to the broker in the order the connection sent it
+//! (its place in the room's order is fixed before the next frame is handled), and up to
+//! [`PUBLISH_PIPELINE`] wait for their confirms at once; `ack` is sent only after the broker
+//! confirmed durable storage, in the order of the publishes.
 //!
 //! # Writer and delivery state
 //! The writer drains the connection's bounded outbound queue, feeding several frames to the
@@ -37,13 +39,17 @@ use crate::rooms::{ConnId, MemberHandle};
 use crate::server::Shared;
 use axum::extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket};
 use bytes::Bytes;
-use futures_util::stream::{SplitSink, SplitStream};
+use futures_util::stream::{FuturesOrdered, SplitSink, SplitStream};
 use futures_util::{SinkExt, StreamExt};
+use roomcast_broker::BrokerError;
 use roomcast_schemas::{
     ClientFrame, ENVELOPE_VERSION, ErrorCode, InboundEvent, ServerFrame, names,
 };
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use tokio::sync::mpsc;
 use tokio::time::{Instant, MissedTickBehavior};
@@ -125,9 +131,12 @@ pub(crate) async fn run(socket: WebSocket, shared: Arc<Shared>, claims: Claims, 
     // Cancelled by the writer when it ends, so that the reader stops too.
     let stop = CancellationToken::new();
     let slow = CancellationToken::new();
+    let backlog = Arc::new(AtomicUsize::new(0));
     let member = MemberHandle {
         tx: tx.clone(),
         slow: slow.clone(),
+        backlog: backlog.clone(),
+        limit: config.outbound_queue,
     };
 
     let writer = Writer {
@@ -135,11 +144,13 @@ pub(crate) async fn run(socket: WebSocket, shared: Arc<Shared>, claims: Claims, 
         shared: shared.clone(),
         rooms: HashMap::new(),
         close_timeout: config.close_timeout,
+        backlog,
     };
     let writer_task =
         tokio::spawn(writer.run(rx, stop.clone(), slow, shared.sessions_stop.clone()));
 
     let mut reader = Reader {
+        inflight: None,
         shared: shared.clone(),
         claims,
         conn,
@@ -199,7 +210,34 @@ pub(crate) async fn run(socket: WebSocket, shared: Arc<Shared>, claims: Claims, 
     tracing::debug!(conn, "connection ended");
 }
 
+/// Most publishes of one connection awaiting the broker's confirm; the next frame is read once
+/// one of them is answered.
+pub(crate) const PUBLISH_PIPELINE: usize = 128;
+
+/// A publish in flight: its id, room and what the broker answered.
+type Confirming = Pin<Box<dyn Future<Output = (String, String, Result<(), BrokerError>)> + Send>>;
+
+/// What the reader does next.
+enum Step {
+    Stop,
+    Confirmed(String, String, Result<(), BrokerError>),
+    Read(Result<Option<Result<Message, axum::Error>>, tokio::time::error::Elapsed>),
+}
+
+/// The next answer of `inflight`, or `None` when nothing is in flight.
+async fn next_confirmed(
+    inflight: &mut Option<FuturesOrdered<Confirming>>,
+) -> Option<(String, String, Result<(), BrokerError>)> {
+    match inflight {
+        Some(inflight) if !inflight.is_empty() => inflight.next().await,
+        _ => None,
+    }
+}
+
 struct Reader {
+    /// Publishes handed to the broker, answered in order as their confirms arrive (created on
+    /// the first publish).
+    inflight: Option<FuturesOrdered<Confirming>>,
     shared: Arc<Shared>,
     claims: Claims,
     conn: ConnId,
@@ -220,10 +258,27 @@ impl Reader {
         let idle = self.shared.config.idle_timeout;
         let max = self.shared.config.max_frame_bytes;
         loop {
-            let next = tokio::select! {
+            let room_for_more = self
+                .inflight
+                .as_ref()
+                .is_none_or(|f| f.len() < PUBLISH_PIPELINE);
+            let step = tokio::select! {
                 biased;
-                _ = stop.cancelled() => return ReaderEnd::Done,
-                next = tokio::time::timeout(idle, stream.next()) => next,
+                _ = stop.cancelled() => Step::Stop,
+                Some((id, room, result)) = next_confirmed(&mut self.inflight) => {
+                    Step::Confirmed(id, room, result)
+                }
+                next = tokio::time::timeout(idle, stream.next()), if room_for_more => Step::Read(next),
+            };
+            let next = match step {
+                Step::Stop => return ReaderEnd::Done,
+                Step::Confirmed(id, room, result) => {
+                    if !self.answer_publish(id, room, result).await {
+                        return ReaderEnd::Done;
+                    }
+                    continue;
+                }
+                Step::Read(next) => next,
             };
             let message = match next {
                 Err(_) => return ReaderEnd::Idle,
@@ -435,13 +490,34 @@ impl Reader {
                     .await;
             }
         };
-        let published = tokio::select! {
+        let started = tokio::select! {
             biased;
             // The connection is closing: no answer (never an ack for an unconfirmed event).
             _ = self.stop.cancelled() => return false,
-            published = self.shared.broker.publish(&room, payload) => published,
+            started = self.shared.broker.start_publish(&room, payload) => started,
         };
-        match published {
+        match started {
+            Ok(pending) => {
+                // Its place in the room's order is fixed; the ack waits for durability while
+                // the next frames are read.
+                let confirming: Confirming = Box::pin(async move { (id, room, pending.await) });
+                self.inflight
+                    .get_or_insert_with(FuturesOrdered::new)
+                    .push_back(confirming);
+                true
+            }
+            Err(err) => self.answer_publish(id, room, Err(err)).await,
+        }
+    }
+
+    /// Answers a publish: `ack` once it is durable, `unavailable` otherwise.
+    async fn answer_publish(
+        &mut self,
+        id: String,
+        room: String,
+        result: Result<(), BrokerError>,
+    ) -> bool {
+        match result {
             Ok(()) => self.send(ServerFrame::Ack { id }).await,
             Err(err) => {
                 tracing::warn!(room, error = %err, "publishing an event failed");
@@ -458,14 +534,14 @@ impl Reader {
     }
 
     /// Queues a frame for the writer; `false` when the writer is gone.
-    async fn send(&self, frame: ServerFrame) -> bool {
+    async fn send(&mut self, frame: ServerFrame) -> bool {
         self.tx
             .send(Outbound::Frame(Utf8Bytes::from(frame.to_json())))
             .await
             .is_ok()
     }
 
-    async fn queue_then_close(&self, frame: ServerFrame, close: Outbound) {
+    async fn queue_then_close(&mut self, frame: ServerFrame, close: Outbound) {
         let timeout = self.shared.config.close_timeout;
         let _ = tokio::time::timeout(timeout, async {
             if self.send(frame).await {
@@ -558,6 +634,8 @@ struct Writer {
     /// Per joined room, the last seq delivered.
     rooms: HashMap<Arc<str>, u64>,
     close_timeout: Duration,
+    /// Fan-out messages queued for this connection (see [`MemberHandle`]).
+    backlog: Arc<AtomicUsize>,
 }
 
 impl Writer {
@@ -663,6 +741,7 @@ impl Writer {
         match item {
             Outbound::Frame(frame) => self.feed(frame).await,
             Outbound::Fanout { room, messages } => {
+                self.backlog.fetch_sub(messages.len(), Ordering::Relaxed);
                 for (seq, frame) in messages.iter() {
                     self.deliver(&room, *seq, frame).await?;
                 }

@@ -21,6 +21,7 @@
 //! ```
 
 pub mod handler;
+pub mod replay;
 pub mod store;
 pub mod worker;
 

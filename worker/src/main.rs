@@ -2,15 +2,21 @@
 //!
 //! ```text
 //! roomcast-worker --broker-url amqp://… --store-url postgres://…
+//! roomcast-worker replay --broker-url kafka://… --store-url postgres://… [--from …]
 //! ```
+//!
+//! Without a subcommand (or with `run`) it runs the worker. `replay` re-processes the Kafka
+//! inbound topic's history into a store (backfill, disaster recovery; see
+//! [`roomcast_worker::replay`]) and exits.
 //!
 //! The embedded broker's fan-out lives in memory inside the all-in-one `roomcast` process, so
 //! it cannot be shared with a separate worker process: with an `embedded:` URL this binary
 //! exits with an error.
 
 use anyhow::{Context, bail};
-use clap::Parser;
+use clap::{CommandFactory, Parser, Subcommand};
 use roomcast_broker::redact_url;
+use roomcast_worker::replay::{ReplayOptions, ReplayStart};
 use roomcast_worker::{Store, Worker, WorkerConfig};
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -20,7 +26,31 @@ use tracing_subscriber::EnvFilter;
 /// Consumes Roomcast's inbound stream: stores events with per-room sequence numbers,
 /// publishes fan-out messages, dead-letters poison events.
 #[derive(Debug, Parser)]
-#[command(name = "roomcast-worker", version, about)]
+#[command(
+    name = "roomcast-worker",
+    version,
+    about,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    run: Option<Args>,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Runs the worker (the default when no subcommand is given).
+    Run(Args),
+    /// Re-processes the Kafka inbound topic's history into a store, idempotently, then
+    /// exits: backfill and disaster recovery.
+    Replay(ReplayArgs),
+}
+
+/// The worker's options.
+#[derive(Debug, clap::Args)]
 struct Args {
     /// Broker URL (amqp://…, kafka://…).
     #[arg(long, env = "ROOMCAST_BROKER_URL", hide_env_values = true)]
@@ -49,6 +79,40 @@ struct Args {
     retry_max_ms: u64,
 }
 
+/// The options of `replay`.
+#[derive(Debug, clap::Args)]
+struct ReplayArgs {
+    /// Kafka broker URL (kafka://…, with the live cluster's prefix); other backends keep no
+    /// history to replay.
+    #[arg(long, env = "ROOMCAST_BROKER_URL", hide_env_values = true)]
+    broker_url: String,
+    /// Store to replay into (postgres://… or sqlite://path), e.g. a new, empty database.
+    #[arg(long)]
+    store_url: String,
+    /// Where to start: `beginning`, `offset:N` (every partition), `offset:P=N,P=N…` (only
+    /// those partitions), or `timestamp:T` (RFC 3339 date-time or Unix milliseconds).
+    #[arg(long, default_value = "beginning", value_parser = parse_start)]
+    from: ReplayStart,
+    /// Most events stored per transaction.
+    #[arg(long, default_value_t = 500)]
+    batch_max: usize,
+    /// Publish a fan-out message for each event the replay stores as new (off: gateways are
+    /// not sent the replayed history).
+    #[arg(long)]
+    fanout: bool,
+    /// Dead-letter the records skipped as invalid (off: they are counted and skipped; the
+    /// live workers dead-lettered them already).
+    #[arg(long)]
+    dead_letter: bool,
+    /// Attempts of a failing store append before the replay stops.
+    #[arg(long, default_value_t = 5)]
+    max_attempts: u32,
+}
+
+fn parse_start(text: &str) -> Result<ReplayStart, String> {
+    text.parse().map_err(|error| format!("{error}"))
+}
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
@@ -57,7 +121,24 @@ async fn main() -> anyhow::Result<()> {
         )
         .with_ansi(std::io::stdout().is_terminal())
         .init();
-    let args = Args::parse();
+    let cli = Cli::parse();
+    match cli.command {
+        None => match cli.run {
+            Some(args) => run(args).await,
+            None => Cli::command()
+                .error(
+                    clap::error::ErrorKind::MissingRequiredArgument,
+                    "--broker-url and --store-url are required",
+                )
+                .exit(),
+        },
+        Some(Command::Run(args)) => run(args).await,
+        Some(Command::Replay(args)) => replay(args).await,
+    }
+}
+
+/// Runs the worker until SIGINT or SIGTERM.
+async fn run(args: Args) -> anyhow::Result<()> {
     let broker_url = redacted(&args.broker_url);
     let store_url = redacted(&args.store_url);
     tracing::info!(broker = %broker_url, store = %store_url, "roomcast-worker starting");
@@ -96,6 +177,46 @@ async fn main() -> anyhow::Result<()> {
     broker.close().await;
     store.close().await;
     result.context("the worker failed")
+}
+
+/// Replays the Kafka inbound topic into a store, prints the counts, and exits.
+async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
+    let broker_url = redacted(&args.broker_url);
+    let store_url = redacted(&args.store_url);
+    tracing::info!(broker = %broker_url, store = %store_url, from = %args.from, "roomcast-worker replay starting");
+    let options = ReplayOptions {
+        start: args.from,
+        batch_max: args.batch_max,
+        fanout: args.fanout,
+        dead_letter: args.dead_letter,
+        max_attempts: args.max_attempts,
+        ..ReplayOptions::default()
+    };
+    let store = Store::connect(&args.store_url)
+        .await
+        .with_context(|| format!("cannot open the store at {store_url}"))?;
+    let shutdown = CancellationToken::new();
+    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    let result =
+        roomcast_worker::replay::replay(&args.broker_url, &store, &options, &shutdown).await;
+    store.close().await;
+    let report = result.context("the replay failed")?;
+    println!(
+        "read {} stored {} duplicates {} skipped {} dropped {} dead-lettered {} fanned-out {}",
+        report.read,
+        report.stored,
+        report.duplicates,
+        report.skipped,
+        report.dropped,
+        report.dead_lettered,
+        report.fanned_out
+    );
+    if !report.complete {
+        bail!(
+            "the replay was interrupted before it reached the end of the topic; rerun it (it only stores what is missing)"
+        );
+    }
+    Ok(())
 }
 
 /// `url` for logs: without its password, nor its query (which may carry one).

@@ -487,9 +487,15 @@ impl Worker {
         }
     }
 
-    /// Step 3: publish the fan-out message of every stored event, in batch order.
+    /// Step 3: publish the fan-out message of every stored event. The publishes are started
+    /// in batch order (which fixes each message's place in its room's order) and awaited
+    /// together, so a batch costs one round trip to the broker, not one per event. Results are
+    /// then taken in batch order: an event whose publish failed holds its room, and the room's
+    /// later events are nacked with it (their messages went out; the redelivery re-publishes
+    /// them after the earlier one, and gateways drop seqs they already delivered).
     async fn publish(&self, batch: &mut Batch) -> Result<(), Failure> {
-        for item in &mut batch.items {
+        let mut started = Vec::new();
+        for (index, item) in batch.items.iter_mut().enumerate() {
             let State::Stored(message) = &item.state else {
                 continue;
             };
@@ -502,14 +508,27 @@ impl Worker {
             let result = match serde_json::to_vec(message) {
                 Ok(payload) => {
                     self.broker
-                        .publish_fanout(&message.room, Bytes::from(payload))
+                        .start_publish_fanout(&message.room, Bytes::from(payload))
                         .await
                 }
                 Err(error) => Err(BrokerError::Rejected(format!(
                     "cannot encode the message: {error}"
                 ))),
             };
+            started.push((index, seq, result));
+        }
+        let results = join_all(started.into_iter().map(|(index, seq, result)| async move {
+            let result = match result {
+                Ok(pending) => pending.await,
+                Err(error) => Err(error),
+            };
+            (index, seq, result)
+        }))
+        .await;
+        for (index, seq, result) in results {
+            let item = &mut batch.items[index];
             match result {
+                Ok(()) if batch.held.contains(&item.delivery.key) => item.state = State::Blocked,
                 Ok(()) => item.state = State::Done,
                 Err(error) if is_fatal(&error) => return Err(Failure::Fatal(error)),
                 Err(error) => {
@@ -644,8 +663,14 @@ fn is_fatal(error: &BrokerError) -> bool {
 
 /// Decodes and validates a delivery's payload; the error is the dead letter's reason.
 fn decode(delivery: &Delivery) -> Result<InboundEvent, String> {
-    let event: InboundEvent = serde_json::from_slice(&delivery.payload)
-        .map_err(|error| format!("undecodable payload: {error}"))?;
+    decode_event(&delivery.key, &delivery.payload)
+}
+
+/// Decodes and checks an inbound event published under broker key `key`; the error is the
+/// dead-letter reason.
+pub(crate) fn decode_event(key: &str, payload: &[u8]) -> Result<InboundEvent, String> {
+    let event: InboundEvent =
+        serde_json::from_slice(payload).map_err(|error| format!("undecodable payload: {error}"))?;
     if event.v != ENVELOPE_VERSION {
         return Err(format!(
             "unsupported envelope version {} (expected {ENVELOPE_VERSION})",
@@ -659,16 +684,16 @@ fn decode(delivery: &Delivery) -> Result<InboundEvent, String> {
     if event.from.is_empty() || event.from.chars().any(char::is_control) {
         return Err("invalid event: `from` is empty or holds control characters".to_owned());
     }
-    if event.room != delivery.key {
+    if event.room != key {
         return Err(format!(
-            "the event's room `{}` differs from its broker key `{}`",
-            event.room, delivery.key
+            "the event's room `{}` differs from its broker key `{key}`",
+            event.room
         ));
     }
     Ok(event)
 }
 
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     let elapsed = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .unwrap_or_default();

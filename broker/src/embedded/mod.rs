@@ -11,8 +11,9 @@
 //!   and are read back, in log order, when the window is half empty, so memory stays bounded
 //!   with any backlog. Consumers wait on a notification, woken by commits, acks and releases;
 //!   nothing polls the database.
-//! - **Delivery.** A key's oldest record is handed to one stream at a time; the key's next
-//!   record waits until it is acked. Before a batch is handed over, the delivery counters of
+//! - **Delivery.** A key is held by one stream at a time: the stream that took its oldest
+//!   record also receives the key's later records, in order (a hot room's backlog goes out in
+//!   one batch), and other streams receive none of them until all are settled. Before a batch is handed over, the delivery counters of
 //!   its records are committed, so that a record that crashes the process every time still
 //!   reaches the attempt count at which the worker dead-letters it. An ack releases the key at
 //!   once and returns after the record's deletion is committed.
@@ -105,9 +106,11 @@ struct Shared {
 
 impl Shared {
     /// Wakes streams waiting for records after `keys` became ready.
+    /// Wakes the waiting streams when `keys` keys got records to take. All of them: a record
+    /// of an owned key can only go to its owner.
     fn wake(&self, keys: usize) {
-        for _ in 0..keys {
-            self.ready.notify_one();
+        if keys > 0 {
+            self.ready.notify_waiters();
         }
     }
 
@@ -258,6 +261,23 @@ impl EventPublisher for EmbeddedBroker {
             payload,
         })
         .await
+    }
+
+    /// The record's place is fixed once the writer task has it (its queue is FIFO).
+    async fn start_publish(
+        &self,
+        key: &str,
+        payload: Bytes,
+    ) -> Result<crate::PendingPublish, BrokerError> {
+        let (tx, rx) = oneshot::channel();
+        let write = Write::Publish {
+            key: Arc::from(key),
+            payload,
+        };
+        self.send(Op::Write(write, tx)).await?;
+        Ok(Box::pin(async move {
+            rx.await.map_err(|_| BrokerError::Closed)?
+        }))
     }
 }
 

@@ -1,10 +1,12 @@
 //! In-memory dispatch state of the inbound stream.
 //!
 //! The queue holds a window of the pending records (the oldest ones, in log order), grouped
-//! by key. A key is *ready* when it has records and its oldest record is not held by a
-//! stream; only ready keys are handed out, and only their oldest record, which gives per-key
-//! order and per-key in-flight exclusion. Records newer than the window wait in the log
-//! (`spilled`) and are loaded in log order as the window drains.
+//! by key. A key is *owned* by the stream holding its unacked records, and by no stream when
+//! none are handed out. An unowned key with records is *ready*: any stream may take it. The
+//! owning stream receives the key's next records, in order, as soon as they exist (several in
+//! one batch), and no other stream receives any of them until every handed record is settled:
+//! per-key order and per-key exclusion between streams. Records newer than the window wait in
+//! the log (`spilled`) and are loaded in log order as the window drains.
 
 use bytes::Bytes;
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -67,14 +69,33 @@ pub(crate) enum AckOutcome {
     HeldElsewhere,
 }
 
+/// A key's pending records and who holds them.
+#[derive(Debug)]
+struct KeyState {
+    records: VecDeque<Pending>,
+    /// The first `handed` records are handed to `owner` and not settled.
+    handed: usize,
+    /// The stream holding the handed records (`Some` exactly when `handed > 0`).
+    owner: Option<u64>,
+}
+
+/// What a stream holds.
+#[derive(Debug, Default)]
+struct StreamKeys {
+    /// Keys it owns.
+    owned: HashSet<Arc<str>>,
+    /// Owned keys that may have records not handed out yet (checked when taken).
+    more: VecDeque<Arc<str>>,
+}
+
 /// The dispatch state; guarded by a mutex in [`super::Shared`].
 #[derive(Debug)]
 pub(crate) struct Queue {
-    keys: HashMap<Arc<str>, VecDeque<Pending>>,
-    /// Keys whose oldest record can be handed out, oldest-ready first.
+    keys: HashMap<Arc<str>, KeyState>,
+    /// Unowned keys with records, oldest-ready first (entries are checked when taken).
     ready: VecDeque<Arc<str>>,
-    /// Keys held by each open stream.
-    held: HashMap<u64, HashSet<Arc<str>>>,
+    /// What each open stream holds.
+    streams: HashMap<u64, StreamKeys>,
     records: usize,
     bytes: usize,
     window: Window,
@@ -95,7 +116,7 @@ impl Queue {
         Queue {
             keys: HashMap::new(),
             ready: VecDeque::new(),
-            held: HashMap::new(),
+            streams: HashMap::new(),
             records: 0,
             bytes: 0,
             window: Window {
@@ -137,7 +158,7 @@ impl Queue {
                 && self.bytes.saturating_add(len) <= self.window.max_bytes)
     }
 
-    /// Appends a record at the end of its key; returns whether the key became ready.
+    /// Appends a record at the end of its key; returns whether a stream can take it now.
     fn push(&mut self, key: Arc<str>, id: i64, payload: Bytes, attempts: u32) -> bool {
         self.records += 1;
         self.bytes = self.bytes.saturating_add(payload.len());
@@ -149,14 +170,32 @@ impl Queue {
             holder: None,
         };
         match self.keys.get_mut(&key) {
-            Some(records) => {
-                records.push_back(pending);
-                false
+            Some(state) => {
+                let was_exhausted = state.handed == state.records.len();
+                state.records.push_back(pending);
+                match state.owner {
+                    // The owner takes it next.
+                    Some(owner) if was_exhausted => {
+                        if let Some(stream) = self.streams.get_mut(&owner) {
+                            stream.more.push_back(key);
+                        }
+                        true
+                    }
+                    // Already listed as taking more, or ready.
+                    _ => false,
+                }
             }
             None => {
                 let mut records = VecDeque::with_capacity(1);
                 records.push_back(pending);
-                self.keys.insert(key.clone(), records);
+                self.keys.insert(
+                    key.clone(),
+                    KeyState {
+                        records,
+                        handed: 0,
+                        owner: None,
+                    },
+                );
                 self.ready.push_back(key);
                 true
             }
@@ -237,7 +276,7 @@ impl Queue {
         }
         let id = self.next_stream;
         self.next_stream += 1;
-        self.held.insert(id, HashSet::new());
+        self.streams.insert(id, StreamKeys::default());
         Ok(id)
     }
 
@@ -247,15 +286,19 @@ impl Queue {
         if let Some((_, count)) = &mut self.group {
             *count = count.saturating_sub(1);
         }
-        let Some(keys) = self.held.remove(&stream) else {
+        let Some(held) = self.streams.remove(&stream) else {
             return 0;
         };
         let mut released = 0;
-        for key in keys {
-            if let Some(head) = self.keys.get_mut(&key).and_then(|r| r.front_mut())
-                && head.holder.is_some_and(|h| h.stream == stream)
+        for key in held.owned {
+            if let Some(state) = self.keys.get_mut(&key)
+                && state.owner == Some(stream)
             {
-                head.holder = None;
+                for record in state.records.iter_mut().take(state.handed) {
+                    record.holder = None;
+                }
+                state.handed = 0;
+                state.owner = None;
                 self.ready.push_back(key);
                 released += 1;
             }
@@ -263,111 +306,178 @@ impl Queue {
         released
     }
 
-    /// Hands up to `max` records (the oldest of distinct ready keys) to `stream`.
+    /// Hands out up to `max` records of `key` (owned by `stream`, or unowned) from its first
+    /// record not handed out yet; returns whether records remain to hand out.
+    fn hand_out(
+        &mut self,
+        key: &Arc<str>,
+        stream: u64,
+        max: usize,
+        out: &mut Vec<Handout>,
+    ) -> bool {
+        let Some(state) = self.keys.get_mut(key) else {
+            return false;
+        };
+        let end = state.records.len().min(state.handed + max);
+        for record in state.records.range_mut(state.handed..end) {
+            let token = self.next_token;
+            self.next_token += 1;
+            record.holder = Some(Holder { token, stream });
+            record.attempts = record.attempts.saturating_add(1);
+            out.push(Handout {
+                key: key.clone(),
+                id: record.id,
+                payload: record.payload.clone(),
+                attempt: record.attempts,
+                token,
+            });
+        }
+        if end > state.handed {
+            state.handed = end;
+            if state.owner.is_none() {
+                state.owner = Some(stream);
+                self.streams
+                    .entry(stream)
+                    .or_default()
+                    .owned
+                    .insert(key.clone());
+            }
+        }
+        state.handed < state.records.len()
+    }
+
+    /// Hands up to `max` records to `stream`: first the next records of keys it owns, then
+    /// ready keys' records (a key's records in order, several of one key at once).
     pub(crate) fn take(&mut self, stream: u64, max: usize) -> Vec<Handout> {
-        let mut out = Vec::with_capacity(max.min(self.ready.len()));
+        let mut out = Vec::with_capacity(max.min(self.records));
+        while out.len() < max {
+            let Some(key) = self
+                .streams
+                .get_mut(&stream)
+                .and_then(|s| s.more.pop_front())
+            else {
+                break;
+            };
+            let owned = self
+                .keys
+                .get(&key)
+                .is_some_and(|state| state.owner == Some(stream));
+            if owned
+                && self.hand_out(&key, stream, max - out.len(), &mut out)
+                && let Some(s) = self.streams.get_mut(&stream)
+            {
+                s.more.push_front(key);
+            }
+        }
         while out.len() < max {
             let Some(key) = self.ready.pop_front() else {
                 break;
             };
-            let Some(head) = self.keys.get_mut(&key).and_then(|r| r.front_mut()) else {
-                continue;
-            };
-            if head.holder.is_some() {
-                continue;
+            let takeable = self
+                .keys
+                .get(&key)
+                .is_some_and(|state| state.owner.is_none() && !state.records.is_empty());
+            if takeable
+                && self.hand_out(&key, stream, max - out.len(), &mut out)
+                && let Some(s) = self.streams.get_mut(&stream)
+            {
+                s.more.push_back(key);
             }
-            let token = self.next_token;
-            self.next_token += 1;
-            head.holder = Some(Holder { token, stream });
-            head.attempts = head.attempts.saturating_add(1);
-            out.push(Handout {
-                key: key.clone(),
-                id: head.id,
-                payload: head.payload.clone(),
-                attempt: head.attempts,
-                token,
-            });
-            self.held.entry(stream).or_default().insert(key);
         }
         out
     }
 
-    /// Acks a delivery: removes the record and readies the key's next one. Returns the
-    /// outcome and whether the key became ready.
+    /// Acks a delivery: removes the record; when it was the key's last handed record, the key
+    /// is released (and ready if it has more). Returns the outcome and whether a key became
+    /// ready.
     pub(crate) fn ack(&mut self, key: &str, id: i64, token: u64) -> (AckOutcome, bool) {
-        let Some(records) = self.keys.get_mut(key) else {
+        let Some((key_arc, state)) = self.keys.get_key_value(key) else {
             return (AckOutcome::Gone, false);
         };
-        let Some(head) = records.front() else {
+        let key_arc = key_arc.clone();
+        let Some(at) = state.records.iter().position(|r| r.id == id) else {
             return (AckOutcome::Gone, false);
         };
-        if head.id != id {
-            return (AckOutcome::Gone, false);
-        }
-        let holder = head.holder;
+        let holder = state.records[at].holder;
         if holder.is_some_and(|h| h.token != token) {
             return (AckOutcome::HeldElsewhere, false);
         }
-        let Some(removed) = records.pop_front() else {
+        let Some(state) = self.keys.get_mut(key) else {
+            return (AckOutcome::Gone, false);
+        };
+        let Some(removed) = state.records.remove(at) else {
             return (AckOutcome::Gone, false);
         };
         self.records = self.records.saturating_sub(1);
         self.bytes = self.bytes.saturating_sub(removed.payload.len());
-        let more = !records.is_empty();
-        let key_arc = self.keys.get_key_value(key).map(|(k, _)| k.clone());
-        match holder {
-            Some(h) => {
-                if let Some(held) = self.held.get_mut(&h.stream) {
-                    held.remove(key);
+        let mut became_ready = false;
+        if at < state.handed {
+            state.handed -= 1;
+            if state.handed == 0 {
+                if let Some(owner) = state.owner.take()
+                    && let Some(s) = self.streams.get_mut(&owner)
+                {
+                    s.owned.remove(key);
                 }
-            }
-            None => {
-                // Released and not yet handed out again: the key sits in `ready`.
-                if !more {
-                    self.ready.retain(|k| &**k != key);
+                if !state.records.is_empty() {
+                    self.ready.push_back(key_arc);
+                    became_ready = true;
                 }
             }
         }
-        if !more {
+        // A record acked while released (not handed out) leaves stale list entries behind,
+        // which are skipped when taken.
+        if state.records.is_empty() {
             self.keys.remove(key);
-            return (AckOutcome::Removed, false);
         }
-        match (holder, key_arc) {
-            (Some(_), Some(k)) => {
-                self.ready.push_back(k);
-                (AckOutcome::Removed, true)
-            }
-            _ => (AckOutcome::Removed, false),
-        }
+        (AckOutcome::Removed, became_ready)
     }
 
-    /// Releases a delivery (nack, or a batch that was not handed over): the record becomes
-    /// ready again, before the key's later records. `uncount` takes the delivery back from
-    /// the attempt count (it was never recorded). Returns whether the key became ready.
+    /// Releases a delivery (nack, or a batch that was not handed over): the record, and the
+    /// key's later records handed to the same stream, become takeable again, before the key's
+    /// other records. `uncount` takes these deliveries back from the attempt counts (they
+    /// were never recorded). Returns whether records became takeable.
     pub(crate) fn release(&mut self, key: &str, id: i64, token: u64, uncount: bool) -> bool {
-        let Some((key_arc, records)) = self.keys.get_key_value(key) else {
+        let Some((key_arc, state)) = self.keys.get_key_value(key) else {
             return false;
         };
         let key_arc = key_arc.clone();
-        let Some(head) = records.front() else {
+        let Some(at) = state
+            .records
+            .iter()
+            .take(state.handed)
+            .position(|r| r.id == id)
+        else {
             return false;
         };
-        let Some(holder) = head.holder else {
-            return false;
-        };
-        if head.id != id || holder.token != token {
+        if state.records[at].holder.is_none_or(|h| h.token != token) {
             return false;
         }
-        if let Some(head) = self.keys.get_mut(key).and_then(|r| r.front_mut()) {
-            head.holder = None;
+        let Some(state) = self.keys.get_mut(key) else {
+            return false;
+        };
+        let handed = state.handed;
+        for record in state.records.range_mut(at..handed) {
+            record.holder = None;
             if uncount {
-                head.attempts = head.attempts.saturating_sub(1);
+                record.attempts = record.attempts.saturating_sub(1);
             }
         }
-        if let Some(held) = self.held.get_mut(&holder.stream) {
-            held.remove(key);
+        state.handed = at;
+        let owner = state.owner;
+        if at == 0 {
+            state.owner = None;
+            if let Some(owner) = owner
+                && let Some(s) = self.streams.get_mut(&owner)
+            {
+                s.owned.remove(key);
+            }
+            self.ready.push_front(key_arc);
+        } else if let Some(owner) = owner
+            && let Some(s) = self.streams.get_mut(&owner)
+        {
+            s.more.push_front(key_arc);
         }
-        self.ready.push_back(key_arc);
         true
     }
 }
@@ -391,7 +501,7 @@ mod tests {
     }
 
     #[test]
-    fn one_record_per_key_in_flight() {
+    fn a_stream_takes_a_keys_records_in_order() {
         let mut q = queue(100);
         commit(&mut q, "a", 1);
         commit(&mut q, "a", 2);
@@ -399,15 +509,43 @@ mod tests {
         let s = q.open_stream("g").unwrap();
         let first = q.take(s, 10);
         let ids: Vec<i64> = first.iter().map(|h| h.id).collect();
-        assert_eq!(ids, vec![1, 3]);
+        assert_eq!(ids, vec![1, 2, 3]);
         assert!(q.take(s, 10).is_empty());
-        let (outcome, ready) = q.ack("a", 1, first[0].token);
-        assert_eq!(outcome, AckOutcome::Removed);
-        assert!(ready);
+        // A record committed to a key the stream owns goes to it next.
+        assert!(commit(&mut q, "a", 4));
         let next = q.take(s, 10);
         assert_eq!(next.len(), 1);
-        assert_eq!(next[0].id, 2);
-        assert_eq!(next[0].attempt, 1);
+        assert_eq!((next[0].id, next[0].attempt), (4, 1));
+    }
+
+    #[test]
+    fn another_stream_waits_until_every_handed_record_is_acked() {
+        let mut q = queue(100);
+        commit(&mut q, "a", 1);
+        commit(&mut q, "a", 2);
+        let s1 = q.open_stream("g").unwrap();
+        let s2 = q.open_stream("g").unwrap();
+        let h = q.take(s1, 1);
+        assert_eq!(h[0].id, 1);
+        assert!(q.take(s2, 10).is_empty(), "a is owned by s1");
+        assert_eq!(q.ack("a", 1, h[0].token), (AckOutcome::Removed, true));
+        // Released: whichever stream asks first takes it.
+        let h = q.take(s2, 10);
+        assert_eq!(h[0].id, 2);
+        assert!(q.take(s1, 10).is_empty());
+    }
+
+    #[test]
+    fn take_respects_max_and_continues_the_key() {
+        let mut q = queue(100);
+        for id in 1..=5 {
+            commit(&mut q, "a", id);
+        }
+        let s = q.open_stream("g").unwrap();
+        let ids: Vec<i64> = q.take(s, 2).iter().map(|h| h.id).collect();
+        assert_eq!(ids, vec![1, 2]);
+        let ids: Vec<i64> = q.take(s, 10).iter().map(|h| h.id).collect();
+        assert_eq!(ids, vec![3, 4, 5]);
     }
 
     #[test]
@@ -416,11 +554,16 @@ mod tests {
         commit(&mut q, "a", 1);
         commit(&mut q, "a", 2);
         let s = q.open_stream("g").unwrap();
-        let h = q.take(s, 10).remove(0);
+        let mut handed = q.take(s, 10);
+        assert_eq!(handed.len(), 2);
+        let h = handed.remove(0);
+        // Releasing the first releases the later one too.
         assert!(q.release("a", h.id, h.token, false));
+        assert!(!q.release("a", handed[0].id, handed[0].token, false));
         let again = q.take(s, 10);
-        assert_eq!(again.len(), 1);
+        assert_eq!(again.len(), 2);
         assert_eq!((again[0].id, again[0].attempt), (1, 2));
+        assert_eq!((again[1].id, again[1].attempt), (2, 2));
         // The stale token no longer settles anything.
         assert_eq!(q.ack("a", 1, h.token).0, AckOutcome::HeldElsewhere);
     }

@@ -1,0 +1,500 @@
+//! The Kafka backend (`kafka://` URLs), built on librdkafka through `rdkafka`.
+//!
+//! It uses standard Kafka APIs only (produce, fetch, consumer groups, admin), so it works on
+//! Apache Kafka and on Kafka-compatible brokers.
+//!
+//! # URL
+//! `kafka://host:port[,host:port…][?name=value&…]`, with these settings:
+//!
+//! | setting | default | meaning |
+//! |---|---|---|
+//! | `prefix` | `roomcast` | namespace of the topics and consumer groups (`[A-Za-z0-9._-]`) |
+//! | `partitions` | `16` | partitions of the topics created; the unit of parallelism of a group |
+//! | `replication` | `1` | replication factor of the topics created |
+//! | `retention_ms` | `-1` | `retention.ms` of the inbound topic (-1: keep forever, it is the replayable history) |
+//! | `retention_bytes` | `-1` | `retention.bytes` per partition of the inbound topic |
+//! | `fanout_retention_ms` | `600000` | `retention.ms` of the fan-out topic (transient) |
+//! | `create_topics` | `true` | create missing topics with the settings above (admin API); otherwise they must exist |
+//! | `linger_ms` | `2` | producer `linger.ms` |
+//! | `batch_size` | `1000000` | producer `batch.size` in bytes |
+//! | `message_timeout_ms` | `10000` | producer `message.timeout.ms`: a publish fails after this long |
+//! | `revoke_timeout_ms` | `15000` | how long a stream keeps revoked partitions while it has unsettled deliveries of them |
+//! | `session_timeout_ms` | `10000` | consumer `session.timeout.ms`: how soon a crashed stream's partitions move |
+//! | `fanout_buffer` | `4096` | messages buffered per fan-out subscription before it yields a gap |
+//! | `key_window` | `1` | unsettled deliveries of one key a stream may hold (in order; see below) |
+//!
+//! Unknown settings and out-of-range values are [`BrokerError::Config`] errors.
+//!
+//! # Topology
+//! - `{prefix}.events`: the inbound stream, keyed by room; a room's records share a
+//!   partition, so a partition's order is the rooms' order. Retention per `retention_ms`.
+//! - `{prefix}.fanout`: fan-out messages keyed by room, short retention.
+//! - `{prefix}.dead-letters`: dead letters keyed by room.
+//! - `{prefix}.attempts`: compacted; delivery counters (see below), one partition per inbound
+//!   partition.
+//! - Consumer group `{prefix}.{group}` per Roomcast consumer group.
+//!
+//! # Publishing
+//! One idempotent producer (`enable.idempotence=true`, `acks=all`) serves every topic, with
+//! any number of publishes in flight; `publish` returns once the delivery report confirms the
+//! record is stored by all in-sync replicas. `linger.ms=2` lets concurrent publishes share a
+//! produce request (a large `batch.size` so that batches are closed by the linger, not by
+//! size) while adding at most 2 ms to a publish's latency; under load the in-flight requests
+//! (up to 5 per connection with idempotence, keeping order) carry larger batches. LZ4
+//! compresses batches. A publish that cannot be stored within `message_timeout_ms` (broker
+//! down, no leader) fails with [`BrokerError::Unavailable`]; it never reports a false
+//! success. A record the broker refuses (too large, not authorised) is
+//! [`BrokerError::Rejected`].
+//!
+//! # Consuming
+//! Each stream is a consumer of its group (`cooperative-sticky` assignment, auto commit off,
+//! `auto.offset.reset=earliest`) polled by a thread of its own, which keeps the fetched
+//! records of the stream's partitions in memory (fetching pauses when many are buffered):
+//! - **Order per key.** A key's records are in one partition, which one stream owns at a
+//!   time. A stream hands out a key's records in order, and at most `key_window` of them
+//!   unsettled at once (with the default 1, a key's next record waits for the previous one's
+//!   ack, and a batch holds at most one record per key; a larger window lets a busy room's
+//!   records go through in one batch). A nacked record goes back in front of its key's later
+//!   records that are not handed out yet, without re-fetching; the consumer nacks the key's
+//!   later deliveries it holds as well.
+//! - **Commits.** Per partition the committed offset is the lowest offset not yet acked (acks
+//!   arrive in any order); commits are asynchronous and batched, and synchronous when
+//!   partitions are revoked and when a stream ends. The offsets acked above the committed one
+//!   travel in the commit's metadata (`roomcast-acked:` ranges, up to 3,500 bytes) and, when a
+//!   stream gives partitions up, in a `partition/acked/group` record of `{prefix}.attempts`
+//!   (for brokers that do not return commit metadata); the next owner skips them, so an acked
+//!   record is not delivered again after a rebalance or restart.
+//! - **Rebalances.** When partitions are revoked, the stream stops handing out their records
+//!   and waits (up to `revoke_timeout_ms`) until their deliveries are settled, so that a key is
+//!   never held by two streams, then commits. After the timeout the deliveries can no longer
+//!   be acked (`ack` fails with `Unavailable`); the new owner redelivers them.
+//! - **Attempts.** Kafka does not count deliveries, so the stream writes a counter to
+//!   `{prefix}.attempts` (key `partition/offset/group`) before handing out a record that may
+//!   have been delivered before: the first record after an assignment (the resume point),
+//!   redeliveries after a nack, and records that already have a counter. When a stream ends or
+//!   loses partitions, it writes counters for its unsettled deliveries. A stream reads the
+//!   counters of a partition when it is assigned. The common path, a record's first delivery
+//!   in a running stream, costs no extra round trip. An ack deletes the record's counter
+//!   (tombstone). A record that a crashed process delivered after its resume point is
+//!   delivered again with an attempt count one too low.
+//! - **Dropping a stream** commits what is acked, records the counters of its unsettled
+//!   deliveries and leaves the group; its partitions move to the other streams.
+//!
+//! # Fan-out
+//! Each subscription is a consumer without a group, assigned every partition of
+//! `{prefix}.fanout` at the partitions' end offsets, read before `open` returns (so nothing
+//! published after `open` is missed). Rooms are filtered locally. A consumer error, or a full
+//! buffer (`fanout_buffer`), yields [`FanoutEvent::Gap`].
+
+mod consumer;
+mod fanout;
+pub mod replay;
+mod settings;
+
+use crate::{
+    Broker, BrokerError, DeadLetterSink, EventConsumer, EventPublisher, EventStream,
+    FanoutPublisher, FanoutSource, FanoutSubscription,
+};
+use async_trait::async_trait;
+use bytes::Bytes;
+use rdkafka::ClientConfig;
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::DefaultClientContext;
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
+use settings::Settings;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+/// How long metadata requests (health, topic checks) may take.
+const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connects to the Kafka cluster named by `url`, creating the topics if they are missing (and
+/// `create_topics` is on).
+pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
+    let broker: Arc<dyn Broker> = KafkaBroker::connect(url).await?;
+    Ok(broker)
+}
+
+/// What the broker, its streams and subscriptions share.
+pub(crate) struct Shared {
+    settings: Settings,
+    producer: FutureProducer,
+    events_topic: String,
+    fanout_topic: String,
+    dead_letter_topic: String,
+    attempts_topic: String,
+    /// Partitions of the attempts topic.
+    attempts_partitions: i32,
+    /// Cancelled by [`Broker::close`].
+    closed: CancellationToken,
+    /// The threads of the streams, awaited by [`Broker::close`].
+    streams: TaskTracker,
+}
+
+/// The Kafka backend; see the module documentation.
+pub struct KafkaBroker {
+    shared: Arc<Shared>,
+}
+
+impl std::fmt::Debug for KafkaBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("KafkaBroker")
+            .field("bootstrap", &self.shared.settings.bootstrap)
+            .field("prefix", &self.shared.settings.prefix)
+            .finish()
+    }
+}
+
+impl KafkaBroker {
+    /// Connects to the cluster named by `url` (see the module documentation).
+    pub async fn connect(url: &str) -> Result<Arc<KafkaBroker>, BrokerError> {
+        let settings = Settings::parse(url)?;
+        let producer: FutureProducer = producer_config(&settings)
+            .create()
+            .map_err(|e| BrokerError::Config(format!("kafka producer: {e}")))?;
+        let events_topic = settings.events_topic();
+        let fanout_topic = settings.fanout_topic();
+        let dead_letter_topic = settings.dead_letter_topic();
+        let attempts_topic = settings.attempts_topic();
+        if settings.create_topics {
+            create_topics(&settings).await?;
+        }
+        let mut partitions = Vec::new();
+        for topic in [
+            &events_topic,
+            &fanout_topic,
+            &dead_letter_topic,
+            &attempts_topic,
+        ] {
+            partitions.push(partition_count(&producer, topic, &settings).await?);
+        }
+        Ok(Arc::new(KafkaBroker {
+            shared: Arc::new(Shared {
+                attempts_partitions: partitions[3],
+                settings,
+                producer,
+                events_topic,
+                fanout_topic,
+                dead_letter_topic,
+                attempts_topic,
+                closed: CancellationToken::new(),
+                streams: TaskTracker::new(),
+            }),
+        }))
+    }
+
+    async fn produce(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        if self.shared.closed.is_cancelled() {
+            return Err(BrokerError::Closed);
+        }
+        self.shared.produce(topic, key, payload).await
+    }
+}
+
+impl Shared {
+    /// Produces one record and waits for its delivery report.
+    async fn produce(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        let record = FutureRecord::to(topic).key(key).payload(payload);
+        match self
+            .producer
+            .send(record, self.settings.message_timeout())
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err((error, _)) => Err(produce_error(topic, &error)),
+        }
+    }
+}
+
+/// Maps a produce failure: refusals of the record itself are `Rejected`, the rest (timeouts,
+/// lost connections, no leader) `Unavailable`.
+fn produce_error(topic: &str, error: &KafkaError) -> BrokerError {
+    use RDKafkaErrorCode as C;
+    match error.rdkafka_error_code() {
+        Some(
+            C::MessageSizeTooLarge
+            | C::InvalidMessageSize
+            | C::InvalidMessage
+            | C::InvalidRecord
+            | C::InvalidTopic
+            | C::TopicAuthorizationFailed
+            | C::ClusterAuthorizationFailed
+            | C::TransactionalIdAuthorizationFailed
+            | C::PolicyViolation,
+        ) => BrokerError::Rejected(format!("kafka refused a record for {topic}: {error}")),
+        _ => BrokerError::Unavailable(format!("kafka produce to {topic}: {error}")),
+    }
+}
+
+fn base_config(settings: &Settings) -> ClientConfig {
+    let mut config = ClientConfig::new();
+    config
+        .set("bootstrap.servers", &settings.bootstrap)
+        .set("client.id", format!("roomcast-{}", settings.prefix))
+        .set("socket.keepalive.enable", "true")
+        .set("log_level", "3");
+    config
+}
+
+fn producer_config(settings: &Settings) -> ClientConfig {
+    let mut config = base_config(settings);
+    config
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        .set("linger.ms", settings.linger_ms.to_string())
+        .set("batch.size", settings.batch_size.to_string())
+        .set("compression.type", "lz4")
+        .set(
+            "message.timeout.ms",
+            settings.message_timeout_ms.to_string(),
+        )
+        .set(
+            "request.timeout.ms",
+            settings.message_timeout_ms.min(30_000).to_string(),
+        )
+        .set("queue.buffering.max.messages", "1000000");
+    config
+}
+
+/// Creates the missing topics; existing ones are left as they are.
+async fn create_topics(settings: &Settings) -> Result<(), BrokerError> {
+    let admin: AdminClient<DefaultClientContext> = base_config(settings)
+        .create()
+        .map_err(|e| BrokerError::Config(format!("kafka admin client: {e}")))?;
+    let retention_ms = settings.retention_ms.to_string();
+    let retention_bytes = settings.retention_bytes.to_string();
+    let fanout_retention_ms = settings.fanout_retention_ms.to_string();
+    let (events, fanout, dead_letters, attempts) = (
+        settings.events_topic(),
+        settings.fanout_topic(),
+        settings.dead_letter_topic(),
+        settings.attempts_topic(),
+    );
+    let replication = || TopicReplication::Fixed(settings.replication);
+    let topics = [
+        NewTopic::new(&events, settings.partitions, replication())
+            .set("retention.ms", &retention_ms)
+            .set("retention.bytes", &retention_bytes),
+        NewTopic::new(&fanout, settings.partitions, replication())
+            .set("retention.ms", &fanout_retention_ms),
+        NewTopic::new(&dead_letters, settings.partitions, replication()).set("retention.ms", "-1"),
+        NewTopic::new(&attempts, settings.partitions, replication())
+            .set("cleanup.policy", "compact"),
+    ];
+    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
+    let results = tokio::time::timeout(
+        METADATA_TIMEOUT * 2,
+        admin.create_topics(topics.iter(), &options),
+    )
+    .await
+    .map_err(|_| BrokerError::Unavailable("kafka: creating topics timed out".into()))?
+    .map_err(|e| BrokerError::Unavailable(format!("kafka: creating topics: {e}")))?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => {
+                return Err(BrokerError::Unavailable(format!(
+                    "kafka: creating topic {topic}: {code}"
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The number of partitions of `topic`, waiting briefly for a topic just created.
+async fn partition_count(
+    producer: &FutureProducer,
+    topic: &str,
+    settings: &Settings,
+) -> Result<i32, BrokerError> {
+    let deadline = tokio::time::Instant::now() + METADATA_TIMEOUT * 2;
+    loop {
+        let client = producer.clone();
+        let name = topic.to_owned();
+        let found = tokio::task::spawn_blocking(move || {
+            let metadata = client
+                .client()
+                .fetch_metadata(Some(&name), METADATA_TIMEOUT)
+                .map_err(|e| BrokerError::Unavailable(format!("kafka metadata: {e}")))?;
+            Ok::<_, BrokerError>(
+                metadata
+                    .topics()
+                    .iter()
+                    .find(|t| t.name() == name && t.error().is_none())
+                    .map(|t| t.partitions().len()),
+            )
+        })
+        .await
+        .map_err(|e| BrokerError::Unavailable(format!("kafka metadata task: {e}")))??;
+        match found {
+            Some(count) if count > 0 => {
+                return i32::try_from(count).map_err(|_| {
+                    BrokerError::Config(format!("topic {topic}: too many partitions"))
+                });
+            }
+            _ if tokio::time::Instant::now() >= deadline => {
+                return Err(if settings.create_topics {
+                    BrokerError::Unavailable(format!("kafka topic {topic} is not available"))
+                } else {
+                    BrokerError::Config(format!(
+                        "kafka topic {topic} does not exist and create_topics is false"
+                    ))
+                });
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+#[async_trait]
+impl EventPublisher for KafkaBroker {
+    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
+        self.produce(&self.shared.events_topic, key, &payload).await
+    }
+
+    /// The record's place is fixed once it is in the producer's queue of its partition (the
+    /// idempotent producer keeps that order); the future waits for its delivery report.
+    async fn start_publish(
+        &self,
+        key: &str,
+        payload: Bytes,
+    ) -> Result<crate::PendingPublish, BrokerError> {
+        let topic = self.shared.events_topic.clone();
+        self.start_produce(topic, key, payload).await
+    }
+}
+
+impl KafkaBroker {
+    /// Queues a record in the producer and returns the wait for its delivery report; when the
+    /// producer's queue is full, waits for room first (keeping the caller's order).
+    async fn start_produce(
+        &self,
+        topic: String,
+        key: &str,
+        payload: Bytes,
+    ) -> Result<crate::PendingPublish, BrokerError> {
+        if self.shared.closed.is_cancelled() {
+            return Err(BrokerError::Closed);
+        }
+        let queued = {
+            let record = FutureRecord::to(&topic).key(key).payload(&payload[..]);
+            self.shared
+                .producer
+                .send_result(record)
+                .map_err(|(error, _)| error)
+        };
+        match queued {
+            Ok(delivery) => Ok(Box::pin(async move {
+                match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(produce_error(&topic, &error)),
+                    Err(_) => Err(BrokerError::Unavailable(
+                        "the Kafka producer dropped a publish".into(),
+                    )),
+                }
+            })),
+            Err(_) => {
+                self.produce(&topic, key, &payload).await?;
+                Ok(Box::pin(std::future::ready(Ok(()))))
+            }
+        }
+    }
+}
+
+#[async_trait]
+impl EventConsumer for KafkaBroker {
+    async fn consume(&self, group: &str) -> Result<Box<dyn EventStream>, BrokerError> {
+        if self.shared.closed.is_cancelled() {
+            return Err(BrokerError::Closed);
+        }
+        if group.is_empty() {
+            return Err(BrokerError::Config(
+                "consumer group must not be empty".into(),
+            ));
+        }
+        let stream = consumer::KafkaStream::start(self.shared.clone(), group)?;
+        Ok(Box::new(stream))
+    }
+}
+
+#[async_trait]
+impl DeadLetterSink for KafkaBroker {
+    async fn dead_letter(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
+        self.produce(&self.shared.dead_letter_topic, key, &payload)
+            .await
+    }
+}
+
+#[async_trait]
+impl FanoutPublisher for KafkaBroker {
+    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError> {
+        self.produce(&self.shared.fanout_topic, room, &payload)
+            .await
+    }
+
+    async fn start_publish_fanout(
+        &self,
+        room: &str,
+        payload: Bytes,
+    ) -> Result<crate::PendingPublish, BrokerError> {
+        let topic = self.shared.fanout_topic.clone();
+        self.start_produce(topic, room, payload).await
+    }
+}
+
+#[async_trait]
+impl FanoutSource for KafkaBroker {
+    async fn open(&self) -> Result<Box<dyn FanoutSubscription>, BrokerError> {
+        if self.shared.closed.is_cancelled() {
+            return Err(BrokerError::Closed);
+        }
+        let subscription = fanout::KafkaSubscription::open(self.shared.clone()).await?;
+        Ok(Box::new(subscription))
+    }
+}
+
+#[async_trait]
+impl Broker for KafkaBroker {
+    fn name(&self) -> &'static str {
+        "kafka"
+    }
+
+    async fn health(&self) -> Result<(), BrokerError> {
+        if self.shared.closed.is_cancelled() {
+            return Err(BrokerError::Closed);
+        }
+        let producer = self.shared.producer.clone();
+        let topic = self.shared.events_topic.clone();
+        tokio::task::spawn_blocking(move || {
+            producer
+                .client()
+                .fetch_metadata(Some(&topic), Duration::from_secs(2))
+                .map(|_| ())
+                .map_err(|e| BrokerError::Unavailable(format!("kafka metadata: {e}")))
+        })
+        .await
+        .map_err(|e| BrokerError::Unavailable(format!("kafka health task: {e}")))?
+    }
+
+    async fn close(&self) {
+        self.shared.closed.cancel();
+        self.shared.streams.close();
+        let producer = self.shared.producer.clone();
+        let timeout = self.shared.settings.message_timeout();
+        let flushed = tokio::task::spawn_blocking(move || producer.flush(timeout));
+        if let Ok(Err(error)) = flushed.await {
+            tracing::warn!(%error, "kafka: flushing the producer on close failed");
+        }
+        let wait = Duration::from_millis(self.shared.settings.session_timeout_ms) * 2;
+        if tokio::time::timeout(wait, self.shared.streams.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!("kafka: streams did not stop within {wait:?} of close");
+        }
+    }
+}

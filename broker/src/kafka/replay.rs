@@ -1,0 +1,613 @@
+//! Reading the history of the inbound topic, for replays (backfill, disaster recovery).
+//!
+//! A [`KafkaReplay`] is a consumer without a group: it is assigned every partition of
+//! `{prefix}.events` (or the partitions named by [`ReplayStart::Offsets`]) at a start point,
+//! joins no group and commits nothing, so it never disturbs the workers' consumer group. It
+//! reads each partition up to the high watermark captured when the replay opened, so a replay
+//! ends even while gateways keep publishing; records published after that are left for the
+//! live workers.
+//!
+//! Records come in offset order per partition. A room's records share a partition, so per
+//! room they come in publish order; records of different partitions interleave arbitrarily.
+//!
+//! ```no_run
+//! # async fn run() -> Result<(), roomcast_broker::BrokerError> {
+//! use roomcast_broker::kafka::replay::{KafkaReplay, ReplayStart};
+//!
+//! let start: ReplayStart = "timestamp:2026-01-31T00:00:00Z".parse()?;
+//! let mut replay = KafkaReplay::open("kafka://127.0.0.1:9092?prefix=roomcast", &start).await?;
+//! loop {
+//!     let records = replay.next_batch(500).await?;
+//!     if records.is_empty() {
+//!         break; // every partition reached its end
+//!     }
+//!     for record in records {
+//!         println!("{}/{} {}", record.partition, record.offset, record.key);
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
+
+use super::METADATA_TIMEOUT;
+use super::settings::Settings;
+use crate::{BrokerError, redact_url};
+use bytes::Bytes;
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::Message;
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// How long one poll waits for records.
+const POLL: Duration = Duration::from_millis(100);
+/// How long a replay waits without receiving anything from a partition that is not finished
+/// before it reports the broker unavailable.
+const STALL_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Where a replay starts reading each partition.
+///
+/// Parsed from text by [`FromStr`]:
+/// - `beginning`: the oldest record each partition still holds;
+/// - `offset:N`: offset `N` of every partition;
+/// - `offset:P=N,P=N…`: offset `N` of partition `P`, only the partitions listed;
+/// - `timestamp:T`: the first record of each partition whose timestamp is at or after `T`,
+///   an RFC 3339 date-time (`2026-01-31T12:00:00Z`, `…+02:00`) or milliseconds since the
+///   Unix epoch.
+///
+/// A start before a partition's oldest record starts at the oldest record (retention may have
+/// deleted the ones before).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ReplayStart {
+    /// The oldest record of every partition.
+    Beginning,
+    /// The same offset in every partition.
+    Offset(i64),
+    /// An offset per partition; partitions not listed are not read.
+    Offsets(BTreeMap<i32, i64>),
+    /// The first record at or after this time (milliseconds since the Unix epoch, compared
+    /// with the records' Kafka timestamps).
+    Timestamp(i64),
+}
+
+impl fmt::Display for ReplayStart {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ReplayStart::Beginning => f.write_str("beginning"),
+            ReplayStart::Offset(offset) => write!(f, "offset:{offset}"),
+            ReplayStart::Offsets(offsets) => {
+                f.write_str("offset:")?;
+                for (i, (partition, offset)) in offsets.iter().enumerate() {
+                    if i > 0 {
+                        f.write_str(",")?;
+                    }
+                    write!(f, "{partition}={offset}")?;
+                }
+                Ok(())
+            }
+            ReplayStart::Timestamp(ms) => write!(f, "timestamp:{ms}"),
+        }
+    }
+}
+
+impl FromStr for ReplayStart {
+    type Err = BrokerError;
+
+    fn from_str(text: &str) -> Result<ReplayStart, BrokerError> {
+        let text = text.trim();
+        let invalid = |why: &str| {
+            BrokerError::Config(format!(
+                "replay start `{text}`: {why}; expected beginning, offset:N, \
+                 offset:P=N[,P=N…] or timestamp:(RFC 3339 date-time | Unix milliseconds)"
+            ))
+        };
+        if text.eq_ignore_ascii_case("beginning") {
+            return Ok(ReplayStart::Beginning);
+        }
+        let Some((kind, value)) = text.split_once(':') else {
+            return Err(invalid("unknown start"));
+        };
+        match kind.to_ascii_lowercase().as_str() {
+            "offset" if value.contains('=') => {
+                let mut offsets = BTreeMap::new();
+                for item in value.split(',') {
+                    let parsed = item.split_once('=').and_then(|(partition, offset)| {
+                        Some((
+                            partition.trim().parse::<i32>().ok()?,
+                            offset.trim().parse::<i64>().ok()?,
+                        ))
+                    });
+                    match parsed {
+                        Some((partition, offset)) if partition >= 0 && offset >= 0 => {
+                            if offsets.insert(partition, offset).is_some() {
+                                return Err(invalid("a partition is listed twice"));
+                            }
+                        }
+                        _ => return Err(invalid("`P=N` needs a partition and an offset ≥ 0")),
+                    }
+                }
+                Ok(ReplayStart::Offsets(offsets))
+            }
+            "offset" => match value.trim().parse::<i64>() {
+                Ok(offset) if offset >= 0 => Ok(ReplayStart::Offset(offset)),
+                _ => Err(invalid("the offset must be a number ≥ 0")),
+            },
+            "timestamp" => {
+                let value = value.trim();
+                if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+                    return value
+                        .parse::<i64>()
+                        .map(ReplayStart::Timestamp)
+                        .map_err(|_| invalid("the timestamp is out of range"));
+                }
+                let time = time::OffsetDateTime::parse(
+                    value,
+                    &time::format_description::well_known::Rfc3339,
+                )
+                .map_err(|_| invalid("the timestamp is neither RFC 3339 nor Unix milliseconds"))?;
+                let ms = time.unix_timestamp_nanos() / 1_000_000;
+                match i64::try_from(ms) {
+                    Ok(ms) if ms >= 0 => Ok(ReplayStart::Timestamp(ms)),
+                    _ => Err(invalid("the timestamp is before 1970")),
+                }
+            }
+            _ => Err(invalid("unknown start")),
+        }
+    }
+}
+
+/// A record of the inbound topic read by a replay.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReplayRecord {
+    /// The partition it was read from.
+    pub partition: i32,
+    /// Its offset in the partition.
+    pub offset: i64,
+    /// Its Kafka timestamp in milliseconds since the Unix epoch, when it has one.
+    pub timestamp: Option<i64>,
+    /// Its key (the room); invalid UTF-8 is replaced.
+    pub key: String,
+    /// Its payload (an inbound event envelope, unless something else published it).
+    pub payload: Bytes,
+}
+
+/// The range of one partition a replay reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReplayRange {
+    /// The partition.
+    pub partition: i32,
+    /// The first offset read (for a start at a time, the offset the broker's lookup
+    /// answered; records before the first one at that time are skipped).
+    pub start: i64,
+    /// The offset after the last one read: the high watermark when the replay opened.
+    pub end: i64,
+}
+
+impl ReplayRange {
+    /// At most how many records the range holds (fewer when offsets are skipped, e.g. by
+    /// transaction markers or compaction).
+    pub fn len(&self) -> u64 {
+        u64::try_from(self.end - self.start).unwrap_or(0)
+    }
+
+    /// Whether the range holds no record.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Reads the inbound topic's records from a start point to the end captured when it opened.
+/// See the module documentation.
+pub struct KafkaReplay {
+    consumer: Arc<BaseConsumer>,
+    topic: String,
+    ranges: Vec<ReplayRange>,
+    /// The partitions not finished yet.
+    remaining: HashMap<i32, Remaining>,
+    /// Set while a [`KafkaReplay::next_batch`] runs: still set afterwards when the call was
+    /// cancelled, whose records are lost.
+    interrupted: bool,
+}
+
+impl fmt::Debug for KafkaReplay {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("KafkaReplay")
+            .field("topic", &self.topic)
+            .field("ranges", &self.ranges)
+            .field("remaining", &self.remaining.len())
+            .finish_non_exhaustive()
+    }
+}
+
+fn config(settings: &Settings) -> ClientConfig {
+    let mut config = super::base_config(settings);
+    // librdkafka needs a group id for manual assignments; the group is never joined and
+    // nothing is committed.
+    config
+        .set("group.id", format!("{}.replay-reader", settings.prefix))
+        .set("enable.auto.commit", "false")
+        .set("enable.auto.offset.store", "false")
+        .set("auto.offset.reset", "earliest")
+        .set("enable.partition.eof", "true")
+        .set("fetch.wait.max.ms", "100")
+        .set("queued.max.messages.kbytes", "65536");
+    config
+}
+
+fn unavailable(what: &str, error: &KafkaError) -> BrokerError {
+    BrokerError::Unavailable(format!("kafka replay: {what}: {error}"))
+}
+
+impl KafkaReplay {
+    /// Opens a replay of the inbound topic of the cluster at `url` (a `kafka://` URL, see
+    /// the [module](super) documentation; topics are never created) from `start`.
+    ///
+    /// Fails with [`BrokerError::Config`] when the URL is not a Kafka URL or the topic does
+    /// not exist, [`BrokerError::Unavailable`] when the cluster does not answer.
+    pub async fn open(url: &str, start: &ReplayStart) -> Result<KafkaReplay, BrokerError> {
+        let settings = Settings::parse(url)?;
+        let consumer: BaseConsumer = config(&settings).create().map_err(|e| {
+            BrokerError::Config(format!(
+                "kafka replay consumer for {}: {e}",
+                redact_url(url)
+            ))
+        })?;
+        let consumer = Arc::new(consumer);
+        let topic = settings.events_topic();
+        let planning = consumer.clone();
+        let not_before = match start {
+            ReplayStart::Timestamp(ms) => Some(*ms),
+            _ => None,
+        };
+        let start = start.clone();
+        let planned_topic = topic.clone();
+        let ranges = tokio::task::spawn_blocking(move || plan(&planning, &planned_topic, &start))
+            .await
+            .map_err(|e| BrokerError::Unavailable(format!("kafka replay task: {e}")))??;
+        let mut assignment = TopicPartitionList::new();
+        let mut remaining = HashMap::new();
+        for range in ranges.iter().filter(|range| !range.is_empty()) {
+            assignment
+                .add_partition_offset(&topic, range.partition, Offset::Offset(range.start))
+                .map_err(|e| unavailable("assigning partitions", &e))?;
+            remaining.insert(
+                range.partition,
+                Remaining {
+                    end: range.end,
+                    not_before,
+                },
+            );
+        }
+        if !remaining.is_empty() {
+            consumer
+                .assign(&assignment)
+                .map_err(|e| unavailable("assigning partitions", &e))?;
+        }
+        tracing::info!(
+            topic = %topic,
+            partitions = ranges.len(),
+            records = ranges.iter().map(ReplayRange::len).sum::<u64>(),
+            "kafka replay opened"
+        );
+        Ok(KafkaReplay {
+            consumer,
+            topic,
+            ranges,
+            remaining,
+            interrupted: false,
+        })
+    }
+
+    /// The inbound topic read.
+    pub fn topic(&self) -> &str {
+        &self.topic
+    }
+
+    /// The range read per partition, in partition order (empty ranges included).
+    pub fn ranges(&self) -> &[ReplayRange] {
+        &self.ranges
+    }
+
+    /// Whether every partition has been read to its end.
+    pub fn is_done(&self) -> bool {
+        self.remaining.is_empty() && !self.interrupted
+    }
+
+    /// The next records, at most `max` of them, in offset order per partition; empty once
+    /// every partition has been read to its end.
+    ///
+    /// Fails with [`BrokerError::Unavailable`] when a partition that is not finished yields
+    /// nothing for a minute, or with the consumer's fatal errors.
+    ///
+    /// Not cancel-safe: the records a cancelled call was reading are lost, and later calls
+    /// fail with [`BrokerError::Closed`] (open a new replay to go on).
+    pub async fn next_batch(&mut self, max: usize) -> Result<Vec<ReplayRecord>, BrokerError> {
+        if self.interrupted {
+            return Err(BrokerError::Closed);
+        }
+        if self.remaining.is_empty() || max == 0 {
+            return Ok(Vec::new());
+        }
+        let consumer = self.consumer.clone();
+        let topic = self.topic.clone();
+        let mut remaining = self.remaining.clone();
+        self.interrupted = true;
+        let (records, remaining) = tokio::task::spawn_blocking(move || {
+            let records = poll_batch(&consumer, &topic, &mut remaining, max);
+            (records, remaining)
+        })
+        .await
+        .map_err(|e| BrokerError::Unavailable(format!("kafka replay task: {e}")))?;
+        self.interrupted = false;
+        self.remaining = remaining;
+        records
+    }
+}
+
+/// The ranges to read: every partition of `topic` (or those `start` names), from `start` to
+/// the current high watermark.
+fn plan(
+    consumer: &BaseConsumer,
+    topic: &str,
+    start: &ReplayStart,
+) -> Result<Vec<ReplayRange>, BrokerError> {
+    let metadata = consumer
+        .fetch_metadata(Some(topic), METADATA_TIMEOUT)
+        .map_err(|e| unavailable("reading metadata", &e))?;
+    let mut partitions: Vec<i32> = metadata
+        .topics()
+        .iter()
+        .filter(|t| t.name() == topic && t.error().is_none())
+        .flat_map(|t| t.partitions().iter().map(|p| p.id()))
+        .collect();
+    partitions.sort_unstable();
+    if partitions.is_empty() {
+        return Err(BrokerError::Config(format!(
+            "kafka replay: topic {topic} does not exist (check the URL's prefix)"
+        )));
+    }
+    if let ReplayStart::Offsets(offsets) = start {
+        if let Some(missing) = offsets.keys().find(|p| !partitions.contains(p)) {
+            return Err(BrokerError::Config(format!(
+                "kafka replay: topic {topic} has no partition {missing} (it has {})",
+                partitions.len()
+            )));
+        }
+        partitions.retain(|p| offsets.contains_key(p));
+    }
+    let mut watermarks = BTreeMap::new();
+    for &partition in &partitions {
+        let marks = consumer
+            .fetch_watermarks(topic, partition, METADATA_TIMEOUT)
+            .map_err(|e| unavailable("reading watermarks", &e))?;
+        watermarks.insert(partition, marks);
+    }
+    let by_time = match start {
+        ReplayStart::Timestamp(ms) => {
+            let mut list = TopicPartitionList::new();
+            for &partition in &partitions {
+                list.add_partition_offset(topic, partition, Offset::Offset(*ms))
+                    .map_err(|e| unavailable("looking up offsets by time", &e))?;
+            }
+            let found = consumer
+                .offsets_for_times(list, METADATA_TIMEOUT)
+                .map_err(|e| unavailable("looking up offsets by time", &e))?;
+            let mut by_time = HashMap::new();
+            for element in found.elements_for_topic(topic) {
+                if let Err(error) = element.error() {
+                    return Err(unavailable("looking up offsets by time", &error));
+                }
+                by_time.insert(element.partition(), element.offset());
+            }
+            by_time
+        }
+        _ => HashMap::new(),
+    };
+    let mut ranges = Vec::with_capacity(partitions.len());
+    for (partition, (low, high)) in watermarks {
+        let wanted = match start {
+            ReplayStart::Beginning => low,
+            ReplayStart::Offset(offset) => *offset,
+            ReplayStart::Offsets(offsets) => offsets.get(&partition).copied().unwrap_or(low),
+            ReplayStart::Timestamp(_) => match by_time.get(&partition) {
+                Some(Offset::Offset(offset)) => *offset,
+                // No record at or after the time (the lookup answers with the end).
+                _ => high,
+            },
+        };
+        let start = wanted.clamp(low, high.max(low));
+        ranges.push(ReplayRange {
+            partition,
+            start,
+            end: high.max(start),
+        });
+    }
+    Ok(ranges)
+}
+
+/// What is left to read of a partition.
+#[derive(Debug, Clone, Copy)]
+struct Remaining {
+    /// The offset after the last record to read.
+    end: i64,
+    /// For a start at a time: records before the first one at or after this time
+    /// (milliseconds) are skipped. The broker's offset lookup finds that record; this also
+    /// holds when a broker answers an earlier offset (some Kafka-compatible brokers answer
+    /// the partition's start when no record is that recent).
+    not_before: Option<i64>,
+}
+
+/// Polls up to `max` records of the partitions in `remaining`, removing the partitions that
+/// reach their end.
+fn poll_batch(
+    consumer: &BaseConsumer,
+    topic: &str,
+    remaining: &mut HashMap<i32, Remaining>,
+    max: usize,
+) -> Result<Vec<ReplayRecord>, BrokerError> {
+    let mut records = Vec::new();
+    let mut last_progress = Instant::now();
+    while !remaining.is_empty() && records.len() < max {
+        match consumer.poll(POLL) {
+            Some(Ok(message)) => {
+                last_progress = Instant::now();
+                let partition = message.partition();
+                let offset = message.offset();
+                let Some(left) = remaining.get_mut(&partition) else {
+                    continue;
+                };
+                let end = left.end;
+                if offset >= end {
+                    finish(consumer, topic, remaining, partition);
+                    continue;
+                }
+                let timestamp = message.timestamp().to_millis();
+                if let Some(not_before) = left.not_before {
+                    if timestamp.is_some_and(|ts| ts < not_before) {
+                        if offset + 1 >= end {
+                            finish(consumer, topic, remaining, partition);
+                        }
+                        continue;
+                    }
+                    left.not_before = None;
+                }
+                records.push(ReplayRecord {
+                    partition,
+                    offset,
+                    timestamp,
+                    key: message
+                        .key()
+                        .map(|key| String::from_utf8_lossy(key).into_owned())
+                        .unwrap_or_default(),
+                    payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
+                });
+                if offset + 1 >= end {
+                    finish(consumer, topic, remaining, partition);
+                }
+            }
+            // The partition's log ends here: everything below the captured end was read.
+            Some(Err(KafkaError::PartitionEOF(partition))) => {
+                last_progress = Instant::now();
+                finish(consumer, topic, remaining, partition);
+            }
+            Some(Err(error)) => {
+                let fatal = matches!(
+                    error.rdkafka_error_code(),
+                    Some(
+                        RDKafkaErrorCode::Fatal
+                            | RDKafkaErrorCode::TopicAuthorizationFailed
+                            | RDKafkaErrorCode::UnknownTopicOrPartition
+                    )
+                );
+                if fatal {
+                    return Err(unavailable("reading", &error));
+                }
+                tracing::debug!(%error, "kafka replay: consumer error");
+            }
+            None => {
+                // Hand over what is there rather than wait for a full batch.
+                if !records.is_empty() {
+                    break;
+                }
+            }
+        }
+        if records.is_empty() && last_progress.elapsed() >= STALL_TIMEOUT {
+            return Err(BrokerError::Unavailable(format!(
+                "kafka replay: nothing read from {topic} for {} s while {} partition(s) are \
+                 not finished",
+                STALL_TIMEOUT.as_secs(),
+                remaining.len()
+            )));
+        }
+    }
+    Ok(records)
+}
+
+/// Marks `partition` finished and stops fetching it.
+fn finish(
+    consumer: &BaseConsumer,
+    topic: &str,
+    remaining: &mut HashMap<i32, Remaining>,
+    partition: i32,
+) {
+    if remaining.remove(&partition).is_none() {
+        return;
+    }
+    let mut list = TopicPartitionList::new();
+    list.add_partition(topic, partition);
+    if let Err(error) = consumer.pause(&list) {
+        tracing::debug!(%error, partition, "kafka replay: pausing a finished partition failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::ReplayStart;
+    use crate::BrokerError;
+    use std::collections::BTreeMap;
+
+    #[test]
+    fn parses_every_kind_of_start() {
+        let parse = |text: &str| text.parse::<ReplayStart>();
+        assert_eq!(parse("beginning").ok(), Some(ReplayStart::Beginning));
+        assert_eq!(parse(" Beginning ").ok(), Some(ReplayStart::Beginning));
+        assert_eq!(parse("offset:0").ok(), Some(ReplayStart::Offset(0)));
+        assert_eq!(parse("offset:1200").ok(), Some(ReplayStart::Offset(1200)));
+        assert_eq!(
+            parse("offset:0=10, 3=7").ok(),
+            Some(ReplayStart::Offsets(BTreeMap::from([(0, 10), (3, 7)])))
+        );
+        assert_eq!(
+            parse("timestamp:1769817600000").ok(),
+            Some(ReplayStart::Timestamp(1_769_817_600_000))
+        );
+        assert_eq!(
+            parse("timestamp:2026-01-31T00:00:00Z").ok(),
+            Some(ReplayStart::Timestamp(1_769_817_600_000))
+        );
+        assert_eq!(
+            parse("timestamp:2026-01-31T02:00:00.250+02:00").ok(),
+            Some(ReplayStart::Timestamp(1_769_817_600_250))
+        );
+        for start in [
+            ReplayStart::Beginning,
+            ReplayStart::Offset(5),
+            ReplayStart::Offsets(BTreeMap::from([(1, 2), (4, 0)])),
+            ReplayStart::Timestamp(1_769_817_600_000),
+        ] {
+            assert_eq!(parse(&start.to_string()).ok(), Some(start));
+        }
+    }
+
+    #[test]
+    fn rejects_bad_starts_clearly() {
+        for (text, needle) in [
+            ("", "unknown start"),
+            ("end", "unknown start"),
+            ("latest:5", "unknown start"),
+            ("offset:", "offset must be"),
+            ("offset:-1", "offset must be"),
+            ("offset:x", "offset must be"),
+            ("offset:0=1,0=2", "listed twice"),
+            ("offset:0=-1", "P=N"),
+            ("offset:a=1", "P=N"),
+            ("timestamp:", "neither RFC 3339"),
+            ("timestamp:yesterday", "neither RFC 3339"),
+            ("timestamp:2026-01-31", "neither RFC 3339"),
+            ("timestamp:99999999999999999999", "out of range"),
+            ("timestamp:1960-01-01T00:00:00Z", "before 1970"),
+        ] {
+            match text.parse::<ReplayStart>() {
+                Err(BrokerError::Config(message)) => {
+                    assert!(message.contains(needle), "{text}: {message}");
+                    assert!(message.contains("expected beginning"), "{text}: {message}");
+                }
+                other => panic!("{text}: expected a configuration error, got {other:?}"),
+            }
+        }
+    }
+}

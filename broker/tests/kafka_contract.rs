@@ -1,0 +1,118 @@
+//! The broker contract suite, run on the Kafka backend against a real Kafka-protocol broker
+//! (`ROOMCAST_TEST_KAFKA_URL`, e.g. from `scripts/tansu start`), with fresh topics per broker.
+
+use async_trait::async_trait;
+use roomcast_broker::Broker;
+use roomcast_broker::testkit::{BrokerFactory, unique};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// Connects Kafka brokers on randomly prefixed topics, remembering which broker uses which.
+struct Kafka {
+    /// `None` when no broker is reachable (outside CI): every test then returns early.
+    url: Option<String>,
+    prefixes: Mutex<Vec<(usize, String)>>,
+}
+
+impl Kafka {
+    fn new() -> Self {
+        Kafka {
+            url: None,
+            prefixes: Mutex::new(Vec::new()),
+        }
+    }
+
+    async fn open(&self, url: &str, prefix: String) -> Arc<dyn Broker> {
+        let broker = roomcast_broker::connect(&with_settings(
+            url,
+            &format!("prefix={prefix}&partitions=3"),
+        ))
+        .await
+        .unwrap_or_else(|e| panic!("connect to kafka: {e}"));
+        let id = Arc::as_ptr(&broker).cast::<()>() as usize;
+        self.prefixes.lock().expect("prefixes").push((id, prefix));
+        broker
+    }
+}
+
+#[async_trait]
+impl BrokerFactory for Kafka {
+    async fn fresh(&self) -> Arc<dyn Broker> {
+        let url = self.url.as_deref().expect("a reachable broker");
+        self.open(url, unique("rc")).await
+    }
+
+    async fn reopen(&self, prev: Arc<dyn Broker>) -> Arc<dyn Broker> {
+        let url = self.url.as_deref().expect("a reachable broker");
+        let id = Arc::as_ptr(&prev).cast::<()>() as usize;
+        let prefix = {
+            let mut prefixes = self.prefixes.lock().expect("prefixes");
+            let at = prefixes
+                .iter()
+                .position(|(known, _)| *known == id)
+                .expect("reopen a broker made by this factory");
+            prefixes.remove(at).1
+        };
+        prev.close().await;
+        drop(prev);
+        self.open(url, prefix).await
+    }
+}
+
+// Each contract test runs, or is skipped (outside CI) when no broker is reachable.
+roomcast_broker::contract_tests!(optional async {
+    broker_url().await.map(|url| Kafka {
+        url: Some(url),
+        ..Kafka::new()
+    })
+});
+
+/// The test broker's URL from `ROOMCAST_TEST_KAFKA_URL`, if it is reachable. When it is not
+/// set or not reachable, the test fails with `CI=true` and is skipped (with a message)
+/// otherwise.
+async fn broker_url() -> Option<String> {
+    let problem = match std::env::var("ROOMCAST_TEST_KAFKA_URL") {
+        Ok(url) if !url.trim().is_empty() => match reachable(url.trim()).await {
+            Ok(()) => return Some(url.trim().to_owned()),
+            Err(problem) => problem,
+        },
+        _ => "ROOMCAST_TEST_KAFKA_URL is not set (start a broker with \
+              `export ROOMCAST_TEST_KAFKA_URL=$(scripts/tansu start)`)"
+            .to_owned(),
+    };
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("the Kafka test broker is required in CI: {problem}");
+    }
+    eprintln!("skipping: {problem}");
+    None
+}
+
+/// Whether the first host of a `kafka://` URL accepts connections.
+async fn reachable(url: &str) -> Result<(), String> {
+    let hosts = url
+        .strip_prefix("kafka://")
+        .ok_or_else(|| format!("ROOMCAST_TEST_KAFKA_URL `{url}` is not a kafka:// URL"))?;
+    let host = hosts
+        .split(['?', '/', ','])
+        .next()
+        .unwrap_or_default()
+        .to_owned();
+    match tokio::time::timeout(
+        Duration::from_secs(3),
+        tokio::net::TcpStream::connect(host.as_str()),
+    )
+    .await
+    {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!(
+            "the Kafka test broker at {host} is unreachable: {e}"
+        )),
+        Err(_) => Err(format!("the Kafka test broker at {host} did not answer")),
+    }
+}
+
+/// `url` with `settings` (`name=value&…`) added to its query.
+fn with_settings(url: &str, settings: &str) -> String {
+    let separator = if url.contains('?') { '&' } else { '?' };
+    format!("{url}{separator}{settings}")
+}
