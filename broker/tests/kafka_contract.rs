@@ -11,6 +11,8 @@ use std::time::Duration;
 struct Kafka {
     /// `None` when no broker is reachable (outside CI): every test then returns early.
     url: Option<String>,
+    /// Settings appended to every broker URL.
+    extra: &'static str,
     prefixes: Mutex<Vec<(usize, String)>>,
 }
 
@@ -18,6 +20,7 @@ impl Kafka {
     fn new() -> Self {
         Kafka {
             url: None,
+            extra: "",
             prefixes: Mutex::new(Vec::new()),
         }
     }
@@ -25,7 +28,7 @@ impl Kafka {
     async fn open(&self, url: &str, prefix: String) -> Arc<dyn Broker> {
         let broker = roomcast_broker::connect(&with_settings(
             url,
-            &format!("prefix={prefix}&partitions=3"),
+            &format!("prefix={prefix}&partitions=3{}", self.extra),
         ))
         .await
         .unwrap_or_else(|e| panic!("connect to kafka: {e}"));
@@ -59,13 +62,26 @@ impl BrokerFactory for Kafka {
     }
 }
 
-// Each contract test runs, or is skipped (outside CI) when no broker is reachable.
+// Each contract test runs, or is skipped (outside CI) when no broker is reachable; with the
+// default `key_window` (a room's records go out in batches) and with one record per room.
 roomcast_broker::contract_tests!(optional async {
     broker_url().await.map(|url| Kafka {
         url: Some(url),
         ..Kafka::new()
     })
 });
+
+mod key_window_1 {
+    use super::{Kafka, broker_url};
+
+    roomcast_broker::contract_tests!(optional async {
+        broker_url().await.map(|url| Kafka {
+            url: Some(url),
+            extra: "&key_window=1",
+            ..Kafka::new()
+        })
+    });
+}
 
 /// The test broker's URL from `ROOMCAST_TEST_KAFKA_URL`, if it is reachable. When it is not
 /// set or not reachable, the test fails with `CI=true` and is skipped (with a message)

@@ -58,8 +58,10 @@ struct Part {
     generation: u64,
     /// Fetched and not handed out, in offset order (nacked records come back here).
     pending: VecDeque<Record>,
-    /// Handed out and not settled: offset → key.
-    delivered: BTreeMap<i64, Arc<str>>,
+    /// Handed out and not settled, by offset.
+    delivered: BTreeMap<i64, Handed>,
+    /// Tells this partition's deliveries apart (a record handed out again gets a new token).
+    next_token: u64,
     /// Keys with a delivery in hand (how many).
     busy: HashMap<Arc<str>, u32>,
     /// Fetched and not acked.
@@ -100,18 +102,70 @@ impl Part {
         self.pending.insert(at, record);
     }
 
-    fn take_delivered(&mut self, offset: i64) -> bool {
-        let Some(key) = self.delivered.remove(&offset) else {
-            return false;
-        };
-        if let Some(count) = self.busy.get_mut(&key) {
+    /// Marks `record` handed out; returns the delivery's token.
+    fn hand_out(&mut self, record: &Record) -> u64 {
+        self.next_token += 1;
+        let token = self.next_token;
+        self.delivered.insert(
+            record.offset,
+            Handed {
+                record: Record {
+                    resume: false,
+                    ..record.clone()
+                },
+                token,
+            },
+        );
+        *self.busy.entry(record.key.clone()).or_insert(0) += 1;
+        token
+    }
+
+    /// Takes back the delivery `token` of `offset`; `None` if it is settled already (or the
+    /// record was handed out again since).
+    fn take_delivered(&mut self, offset: i64, token: u64) -> Option<Record> {
+        if self.delivered.get(&offset)?.token != token {
+            return None;
+        }
+        let handed = self.delivered.remove(&offset)?;
+        if let Some(count) = self.busy.get_mut(&handed.record.key) {
             *count -= 1;
             if *count == 0 {
-                self.busy.remove(&key);
+                self.busy.remove(&handed.record.key);
             }
         }
-        true
+        Some(handed.record)
     }
+
+    /// Puts the delivery `token` of `offset` back in the buffer, with the later deliveries of
+    /// its key (the contract's "a nack releases the key's later deliveries"), so that the key's
+    /// records are handed out again in order. Returns how many records went back, 0 if the
+    /// delivery was settled already.
+    fn release(&mut self, offset: i64, token: u64) -> usize {
+        let Some(record) = self.take_delivered(offset, token) else {
+            return 0;
+        };
+        let later: Vec<(i64, u64)> = self
+            .delivered
+            .range(offset + 1..)
+            .filter(|(_, handed)| handed.record.key == record.key)
+            .map(|(offset, handed)| (*offset, handed.token))
+            .collect();
+        self.insert_pending(record);
+        let mut released = 1;
+        for (offset, token) in later {
+            if let Some(record) = self.take_delivered(offset, token) {
+                self.insert_pending(record);
+                released += 1;
+            }
+        }
+        released
+    }
+}
+
+/// A record handed out and not settled.
+struct Handed {
+    record: Record,
+    token: u64,
 }
 
 #[derive(Default)]
@@ -198,11 +252,17 @@ impl StreamShared {
             })
     }
 
-    fn ack(&self, partition: i32, generation: u64, offset: i64) -> Result<(), BrokerError> {
+    fn ack(
+        &self,
+        partition: i32,
+        generation: u64,
+        offset: i64,
+        token: u64,
+    ) -> Result<(), BrokerError> {
         let tombstone = {
             let mut state = lock(&self.state);
             let part = owned_part(&mut state, partition, generation)?;
-            if !part.take_delivered(offset) {
+            if part.take_delivered(offset, token).is_none() {
                 return Err(BrokerError::Rejected("delivery already settled".into()));
             }
             part.unacked.remove(&offset);
@@ -222,15 +282,22 @@ impl StreamShared {
         Ok(())
     }
 
-    fn release(&self, partition: i32, generation: u64, record: Record) -> Result<(), BrokerError> {
+    fn release(
+        &self,
+        partition: i32,
+        generation: u64,
+        offset: i64,
+        token: u64,
+    ) -> Result<(), BrokerError> {
         {
             let mut state = lock(&self.state);
             let part = owned_part(&mut state, partition, generation)?;
-            if !part.take_delivered(record.offset) {
-                return Err(BrokerError::Rejected("delivery already settled".into()));
+            // 0 when an earlier delivery's nack released this one already.
+            let released = part.release(offset, token);
+            if released == 0 {
+                return Ok(());
             }
-            part.insert_pending(record);
-            state.buffered += 1;
+            state.buffered += released;
         }
         self.wake();
         Ok(())
@@ -274,6 +341,7 @@ impl ConsumerContext for Context {
                 .map(|e| e.partition())
                 .collect();
             let lost = consumer.assignment_lost();
+            tracing::info!(?partitions, lost, group = %self.stream.group, "kafka: partitions revoked");
             if !lost {
                 self.wait_settled(&partitions);
             }
@@ -288,6 +356,7 @@ impl ConsumerContext for Context {
                 .iter()
                 .map(|e| e.partition())
                 .collect();
+            tracing::info!(?partitions, group = %self.stream.group, "kafka: partitions assigned");
             if partitions.is_empty() {
                 return;
             }
@@ -301,6 +370,7 @@ impl ConsumerContext for Context {
                     generation: state.next_generation,
                     pending: VecDeque::new(),
                     delivered: BTreeMap::new(),
+                    next_token: 0,
                     busy: HashMap::new(),
                     unacked: BTreeSet::new(),
                     next_fetch: None,
@@ -653,7 +723,7 @@ fn consumer_config(broker: &Shared, group: &str) -> ClientConfig {
             (settings.revoke_timeout_ms + 300_000).to_string(),
         )
         .set("queued.max.messages.kbytes", "16384")
-        .set("fetch.wait.max.ms", "100")
+        .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
         .set("enable.partition.eof", "false");
     config
 }
@@ -744,15 +814,14 @@ impl KafkaStream {
                 if write {
                     part.durable.insert(record.offset);
                 }
-                part.delivered.insert(record.offset, record.key.clone());
-                let busy = part.busy.entry(record.key.clone()).or_insert(0);
-                *busy += 1;
-                if *busy >= window {
+                let token = part.hand_out(&record);
+                if part.busy.get(&record.key).copied().unwrap_or(0) >= window {
                     blocked.insert(record.key.clone());
                 }
                 picked.push(Picked {
                     partition,
                     generation: part.generation,
+                    token,
                     previous,
                     attempt,
                     write,
@@ -769,6 +838,7 @@ impl KafkaStream {
 struct Picked {
     partition: i32,
     generation: u64,
+    token: u64,
     /// The delivery count before this delivery.
     previous: u32,
     attempt: u32,
@@ -795,7 +865,10 @@ impl Drop for Handover<'_> {
                 let Ok(part) = owned_part(&mut state, picked.partition, picked.generation) else {
                     continue;
                 };
-                if !part.take_delivered(picked.record.offset) {
+                if part
+                    .take_delivered(picked.record.offset, picked.token)
+                    .is_none()
+                {
                     continue;
                 }
                 if picked.previous == 0 {
@@ -859,22 +932,22 @@ impl EventStream for KafkaStream {
                         let Picked {
                             partition,
                             generation,
+                            token,
                             attempt,
                             record,
                             ..
                         } = picked;
                         Delivery::new(
                             record.key.to_string(),
-                            record.payload.clone(),
+                            record.payload,
                             attempt,
                             Box::new(KafkaSettle {
                                 stream: self.shared.clone(),
                                 partition,
                                 generation,
-                                record: Some(Record {
-                                    resume: false,
-                                    ..record
-                                }),
+                                offset: record.offset,
+                                token,
+                                settled: false,
                             }),
                         )
                     })
@@ -900,32 +973,36 @@ struct KafkaSettle {
     stream: Arc<StreamShared>,
     partition: i32,
     generation: u64,
-    /// `None` once settled.
-    record: Option<Record>,
+    offset: i64,
+    token: u64,
+    settled: bool,
 }
 
 #[async_trait]
 impl Settle for KafkaSettle {
     async fn ack(mut self: Box<Self>) -> Result<(), BrokerError> {
-        let Some(record) = self.record.take() else {
+        if std::mem::replace(&mut self.settled, true) {
             return Err(BrokerError::Rejected("delivery already settled".into()));
-        };
+        }
         self.stream
-            .ack(self.partition, self.generation, record.offset)
+            .ack(self.partition, self.generation, self.offset, self.token)
     }
 
     async fn nack(mut self: Box<Self>) -> Result<(), BrokerError> {
-        let Some(record) = self.record.take() else {
+        if std::mem::replace(&mut self.settled, true) {
             return Err(BrokerError::Rejected("delivery already settled".into()));
-        };
-        self.stream.release(self.partition, self.generation, record)
+        }
+        self.stream
+            .release(self.partition, self.generation, self.offset, self.token)
     }
 }
 
 impl Drop for KafkaSettle {
     fn drop(&mut self) {
-        if let Some(record) = self.record.take() {
-            let _ = self.stream.release(self.partition, self.generation, record);
+        if !std::mem::replace(&mut self.settled, true) {
+            let _ = self
+                .stream
+                .release(self.partition, self.generation, self.offset, self.token);
         }
     }
 }

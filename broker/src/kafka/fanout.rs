@@ -43,7 +43,10 @@ fn config(shared: &Shared) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "latest")
         .set("enable.partition.eof", "false")
-        .set("fetch.wait.max.ms", "100")
+        .set(
+            "fetch.wait.max.ms",
+            shared.settings.fetch_wait_ms.to_string(),
+        )
         .set("queued.max.messages.kbytes", "8192");
     config
 }

@@ -21,7 +21,8 @@
 //! | `revoke_timeout_ms` | `15000` | how long a stream keeps revoked partitions while it has unsettled deliveries of them |
 //! | `session_timeout_ms` | `10000` | consumer `session.timeout.ms`: how soon a crashed stream's partitions move |
 //! | `fanout_buffer` | `4096` | messages buffered per fan-out subscription before it yields a gap |
-//! | `key_window` | `1` | unsettled deliveries of one key a stream may hold (in order; see below) |
+//! | `key_window` | `64` | unsettled deliveries of one key a stream may hold (in order; see below) |
+//! | `fetch_wait_ms` | `100` | consumer `fetch.wait.max.ms`: how long the broker may hold a fetch that finds no new records |
 //!
 //! Unknown settings and out-of-range values are [`BrokerError::Config`] errors.
 //!
@@ -52,11 +53,11 @@
 //! records of the stream's partitions in memory (fetching pauses when many are buffered):
 //! - **Order per key.** A key's records are in one partition, which one stream owns at a
 //!   time. A stream hands out a key's records in order, and at most `key_window` of them
-//!   unsettled at once (with the default 1, a key's next record waits for the previous one's
-//!   ack, and a batch holds at most one record per key; a larger window lets a busy room's
-//!   records go through in one batch). A nacked record goes back in front of its key's later
-//!   records that are not handed out yet, without re-fetching; the consumer nacks the key's
-//!   later deliveries it holds as well.
+//!   unsettled at once (so a busy room's records go through in batches; with 1, a key's next
+//!   record waits for the previous one's ack). A nacked record goes back in front of its key's
+//!   later records without re-fetching, together with the key's later deliveries still in
+//!   hand, which can then no longer be acked (their nack is a no-op), so the key's records
+//!   are handed out again in order.
 //! - **Commits.** Per partition the committed offset is the lowest offset not yet acked (acks
 //!   arrive in any order); commits are asynchronous and batched, and synchronous when
 //!   partitions are revoked and when a stream ends. The offsets acked above the committed one

@@ -233,7 +233,7 @@ fn config(settings: &Settings) -> ClientConfig {
         .set("enable.auto.offset.store", "false")
         .set("auto.offset.reset", "earliest")
         .set("enable.partition.eof", "true")
-        .set("fetch.wait.max.ms", "100")
+        .set("fetch.wait.max.ms", settings.fetch_wait_ms.to_string())
         .set("queued.max.messages.kbytes", "65536");
     config
 }

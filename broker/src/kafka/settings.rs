@@ -22,6 +22,7 @@ pub(crate) struct Settings {
     pub(crate) session_timeout_ms: u64,
     pub(crate) fanout_buffer: usize,
     pub(crate) key_window: u32,
+    pub(crate) fetch_wait_ms: u64,
 }
 
 impl Default for Settings {
@@ -41,7 +42,8 @@ impl Default for Settings {
             revoke_timeout_ms: 15_000,
             session_timeout_ms: 10_000,
             fanout_buffer: 4096,
-            key_window: 1,
+            key_window: 64,
+            fetch_wait_ms: 100,
         }
     }
 }
@@ -140,12 +142,14 @@ impl Settings {
             }
             "fanout_buffer" => self.fanout_buffer = number(name, value, 1, 10_000_000)?,
             "key_window" => self.key_window = number(name, value, 1, 100_000)?,
+            "fetch_wait_ms" => self.fetch_wait_ms = number(name, value, 1, 60_000)?,
             _ => {
                 return Err(BrokerError::Config(format!(
                     "kafka URL: unknown setting `{name}`; known: prefix, partitions, \
                      replication, retention_ms, retention_bytes, fanout_retention_ms, \
                      create_topics, linger_ms, batch_size, message_timeout_ms, \
-                     revoke_timeout_ms, session_timeout_ms, fanout_buffer, key_window"
+                     revoke_timeout_ms, session_timeout_ms, fanout_buffer, key_window, \
+                     fetch_wait_ms"
                 )));
             }
         }

@@ -372,6 +372,32 @@ impl Cluster {
         }
     }
 
+    /// Waits until a line of process `index`'s log satisfies `pred` (`what` names it in the
+    /// failure message).
+    pub(crate) async fn wait_log(
+        &self,
+        kind: Kind,
+        index: usize,
+        what: &str,
+        pred: impl Fn(&str) -> bool,
+    ) {
+        let log = self.dir.path().join(format!("{}-{index}.log", kind.name()));
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.lines().any(&pred) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} {index} did not log {what}:\n{}",
+                kind.name(),
+                self.log_tails(40)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     /// Starts one more process of `kind` (`scripts/cluster add`); returns its index.
     pub(crate) async fn add(&mut self, kind: Kind) -> usize {
         let line = self.script(&["add", kind.name()]).await;
