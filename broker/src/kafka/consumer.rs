@@ -25,6 +25,9 @@ const BUFFER_HIGH: usize = 10_000;
 const BUFFER_LOW: usize = 5_000;
 /// Records looked at per partition when picking a batch.
 const SCAN: usize = 4096;
+/// How often acked progress is committed while the stream runs (a crash redelivers at most
+/// this much acked work, which the consumer deduplicates); revocations and stops commit at once.
+const COMMIT_INTERVAL: Duration = Duration::from_millis(100);
 /// How long reading the delivery counters of new partitions may take.
 const LOAD_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -1011,6 +1014,7 @@ impl Drop for KafkaSettle {
 fn run(consumer: BaseConsumer<Context>, shared: Arc<StreamShared>, token: TaskTrackerToken) {
     let topic = shared.broker.events_topic.clone();
     let mut paused = false;
+    let mut last_commit = Instant::now();
     while !shared.should_stop() {
         match consumer.poll(POLL) {
             Some(Ok(message)) => {
@@ -1066,7 +1070,10 @@ fn run(consumer: BaseConsumer<Context>, shared: Arc<StreamShared>, token: TaskTr
             }
             None => {}
         }
-        commit_progress(&consumer, &shared, &topic, CommitMode::Async);
+        if last_commit.elapsed() >= COMMIT_INTERVAL {
+            commit_progress(&consumer, &shared, &topic, CommitMode::Async);
+            last_commit = Instant::now();
+        }
         paused = flow_control(&consumer, &shared, paused);
     }
     // Stop: commit what is acked, record the counters of unsettled deliveries, leave.

@@ -59,7 +59,7 @@
 //!   hand, which can then no longer be acked (their nack is a no-op), so the key's records
 //!   are handed out again in order.
 //! - **Commits.** Per partition the committed offset is the lowest offset not yet acked (acks
-//!   arrive in any order); commits are asynchronous and batched, and synchronous when
+//!   arrive in any order); commits are asynchronous, at most every 100 ms, and synchronous when
 //!   partitions are revoked and when a stream ends. The offsets acked above the committed one
 //!   travel in the commit's metadata (`roomcast-acked:` ranges, up to 3,500 bytes) and, when a
 //!   stream gives partitions up, in a `partition/acked/group` record of `{prefix}.attempts`
