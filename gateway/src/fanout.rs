@@ -10,7 +10,7 @@ use crate::session::FanoutBatch;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::FutureExt;
 use roomcast_broker::{BrokerError, FanoutEvent, FanoutSubscription};
-use roomcast_schemas::FanoutMessage;
+use roomcast_schemas::decode_fanout;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -96,12 +96,13 @@ fn deliver(events: Vec<FanoutEvent>, rooms: &Rooms) {
     for event in events {
         match event {
             FanoutEvent::Message { room, payload } => {
-                let Some((seq, frame)) = frame(&room, &payload) else {
+                let frames = frames(&room, &payload);
+                if frames.is_empty() {
                     continue;
-                };
+                }
                 match batches.iter_mut().find(|(name, _)| **name == *room) {
-                    Some((_, messages)) => messages.push((seq, frame)),
-                    None => batches.push((room, vec![(seq, frame)])),
+                    Some((_, messages)) => messages.extend(frames),
+                    None => batches.push((room, frames)),
                 }
             }
             FanoutEvent::Gap => {
@@ -122,18 +123,22 @@ fn flush(batches: &mut Pending, rooms: &Rooms) {
     }
 }
 
-/// The seq and `message` frame of a fan-out payload; `None` (logged) when it is unusable.
-fn frame(room: &str, payload: &[u8]) -> Option<(u64, Utf8Bytes)> {
-    let message: FanoutMessage = match serde_json::from_slice(payload) {
-        Ok(message) => message,
+/// The seqs and `message` frames of a fan-out record (one message, or several of the room in
+/// seq order); empty (logged) when it is unusable.
+fn frames(room: &str, payload: &[u8]) -> Vec<(u64, Utf8Bytes)> {
+    let messages = match decode_fanout(payload) {
+        Ok(messages) => messages,
         Err(err) => {
-            tracing::warn!(room, error = %err, "dropping an undecodable fan-out message");
-            return None;
+            tracing::warn!(room, error = %err, "dropping an undecodable fan-out record");
+            return Vec::new();
         }
     };
-    if *message.room != *room {
-        tracing::warn!(room, inner = %message.room, "dropping a fan-out message for another room");
-        return None;
+    if let Some(other) = messages.iter().find(|m| *m.room != *room) {
+        tracing::warn!(room, inner = %other.room, "dropping a fan-out record for another room");
+        return Vec::new();
     }
-    Some((message.seq, Utf8Bytes::from(message.to_frame_json())))
+    messages
+        .iter()
+        .map(|message| (message.seq, Utf8Bytes::from(message.to_frame_json())))
+        .collect()
 }

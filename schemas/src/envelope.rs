@@ -1,6 +1,8 @@
 //! Broker envelopes: the JSON documents that travel through the durable bus.
 //!
-//! Other services may publish [`InboundEvent`]s and consume [`FanoutMessage`]s directly.
+//! Other services may publish [`InboundEvent`]s and consume [`FanoutMessage`]s directly. A
+//! fan-out record holds one message (a JSON object) or several consecutive messages of one room
+//! (a JSON array of them, in seq order); [`decode_fanout`] reads both.
 //! `data` is carried as raw JSON text so that no hop re-encodes the payload.
 
 use serde::{Deserialize, Serialize};
@@ -82,6 +84,16 @@ struct MessageFrameRef<'a> {
     from: &'a str,
     ts: u64,
     data: &'a RawValue,
+}
+
+/// Decodes a fan-out record: one [`FanoutMessage`] (a JSON object), or several of one room in
+/// seq order (a JSON array of them, as a worker publishes a room's messages of one batch).
+pub fn decode_fanout(payload: &[u8]) -> Result<Vec<FanoutMessage>, serde_json::Error> {
+    if payload.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'[') {
+        serde_json::from_slice(payload)
+    } else {
+        serde_json::from_slice(payload).map(|message| vec![message])
+    }
 }
 
 impl FanoutMessage {

@@ -15,6 +15,6 @@ pub mod envelope;
 pub mod frames;
 pub mod names;
 
-pub use envelope::{DeadLetter, ENVELOPE_VERSION, FanoutMessage, InboundEvent};
+pub use envelope::{DeadLetter, ENVELOPE_VERSION, FanoutMessage, InboundEvent, decode_fanout};
 pub use frames::{ClientFrame, ErrorCode, ServerFrame};
 pub use names::NameError;

@@ -1129,3 +1129,29 @@ fn data_travels_verbatim_from_inbound_event_to_frame() {
     assert!(frame.contains(data), "{frame}");
     assert!(frame.starts_with(r#"{"type":"message","#), "{frame}");
 }
+
+#[test]
+fn a_fanout_record_may_hold_several_messages_of_a_room() {
+    let schema = Kind::FanoutMessage.validator();
+    let first = fanout();
+    let second = with(with(fanout(), "seq", json!(2)), "id", json!("m-2"));
+    let batch = json!([first.clone(), second.clone()]);
+    assert!(
+        schema.is_valid(&batch),
+        "an array of messages is a fan-out record"
+    );
+    assert!(schema.is_valid(&first), "so is one message");
+    assert!(!schema.is_valid(&json!([])), "an empty array is not");
+    assert!(
+        !schema.is_valid(&json!([first.clone(), {"v": 1}])),
+        "every element is a whole message"
+    );
+    let decoded = roomcast_schemas::decode_fanout(batch.to_string().as_bytes()).expect("batch");
+    assert_eq!(
+        decoded.iter().map(|m| m.seq).collect::<Vec<_>>(),
+        [first["seq"].as_u64().unwrap(), 2]
+    );
+    let one = roomcast_schemas::decode_fanout(first.to_string().as_bytes()).expect("one");
+    assert_eq!(one.len(), 1);
+    assert!(roomcast_schemas::decode_fanout(b"[{\"v\": 1}]").is_err());
+}

@@ -77,6 +77,10 @@ struct Args {
     /// Longest retry backoff in milliseconds.
     #[arg(long, env = "ROOMCAST_WORKER_RETRY_MAX_MS", default_value_t = 30_000)]
     retry_max_ms: u64,
+    /// Most messages of one room published as one fan-out record (a JSON array in seq order);
+    /// 1 publishes one message per record.
+    #[arg(long, env = "ROOMCAST_WORKER_FANOUT_BATCH", default_value_t = 64)]
+    fanout_batch: usize,
 }
 
 /// The options of `replay`.
@@ -161,6 +165,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         max_attempts: args.max_attempts,
         retry_initial: Duration::from_millis(args.retry_initial_ms),
         retry_max: Duration::from_millis(args.retry_max_ms),
+        fanout_batch: args.fanout_batch,
     };
     let broker = roomcast_broker::connect(&args.broker_url)
         .await

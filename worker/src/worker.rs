@@ -41,7 +41,7 @@ use futures_util::future::join_all;
 use rand::Rng;
 use roomcast_broker::{Broker, BrokerError, Delivery, EventStream};
 use roomcast_schemas::{DeadLetter, ENVELOPE_VERSION, FanoutMessage, InboundEvent, names};
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use thiserror::Error;
@@ -62,6 +62,9 @@ pub struct WorkerConfig {
     pub retry_initial: Duration,
     /// Longest retry backoff.
     pub retry_max: Duration,
+    /// Most messages of one room published as one fan-out record (a JSON array); 1 publishes
+    /// every message on its own.
+    pub fanout_batch: usize,
 }
 
 impl Default for WorkerConfig {
@@ -72,6 +75,7 @@ impl Default for WorkerConfig {
             max_attempts: 5,
             retry_initial: Duration::from_millis(100),
             retry_max: Duration::from_secs(30),
+            fanout_batch: 64,
         }
     }
 }
@@ -84,6 +88,11 @@ impl WorkerConfig {
         if self.batch_max == 0 {
             return Err(WorkerError::Config(
                 "batch_max must be at least 1".to_owned(),
+            ));
+        }
+        if self.fanout_batch == 0 {
+            return Err(WorkerError::Config(
+                "fanout_batch must be at least 1".to_owned(),
             ));
         }
         if self.max_attempts == 0 {
@@ -487,48 +496,85 @@ impl Worker {
         }
     }
 
-    /// Step 3: publish the fan-out message of every stored event. The publishes are started
-    /// in batch order (which fixes each message's place in its room's order) and awaited
-    /// together, so a batch costs one round trip to the broker, not one per event. Results are
-    /// then taken in batch order: an event whose publish failed holds its room, and the room's
-    /// later events are nacked with it (their messages went out; the redelivery re-publishes
-    /// them after the earlier one, and gateways drop seqs they already delivered).
+    /// Step 3: publish the fan-out messages of the stored events: a room's messages of the
+    /// batch go out together, up to `fanout_batch` per record (a JSON array in seq order). The
+    /// publishes are started in batch order (which fixes each record's place in its room's
+    /// order) and awaited together, so a batch costs one round trip to the broker, not one per
+    /// event. Results are then taken in batch order: an event whose publish failed holds its
+    /// room, and the room's later events are nacked with it (messages that went out are
+    /// re-published by the redelivery; gateways drop seqs they already delivered).
     async fn publish(&self, batch: &mut Batch) -> Result<(), Failure> {
-        let mut started = Vec::new();
-        for (index, item) in batch.items.iter_mut().enumerate() {
+        // Records in start order.
+        let mut records: Vec<FanoutRecord<'_>> = Vec::new();
+        let mut open: HashMap<String, usize> = HashMap::new();
+        let mut blocked = Vec::new();
+        for (index, item) in batch.items.iter().enumerate() {
             let State::Stored(message) = &item.state else {
                 continue;
             };
             if batch.held.contains(&item.delivery.key) {
                 // Stored already; the redelivery re-publishes it after the earlier event.
-                item.state = State::Blocked;
+                blocked.push(index);
                 continue;
             }
-            let seq = message.seq;
-            let result = match serde_json::to_vec(message) {
+            let at = match open.get(&message.room) {
+                Some(&at) if records[at].2.len() < self.config.fanout_batch => at,
+                _ => {
+                    records.push((message.room.clone(), Vec::new(), Vec::new()));
+                    open.insert(message.room.clone(), records.len() - 1);
+                    records.len() - 1
+                }
+            };
+            records[at].1.push((index, message.seq));
+            records[at].2.push(message);
+        }
+        let mut started = Vec::new();
+        for (room, items, messages) in records {
+            let encoded = if let [message] = messages.as_slice() {
+                serde_json::to_vec(message)
+            } else {
+                serde_json::to_vec(&messages)
+            };
+            let result = match encoded {
                 Ok(payload) => {
                     self.broker
-                        .start_publish_fanout(&message.room, Bytes::from(payload))
+                        .start_publish_fanout(&room, Bytes::from(payload))
                         .await
                 }
                 Err(error) => Err(BrokerError::Rejected(format!(
                     "cannot encode the message: {error}"
                 ))),
             };
-            started.push((index, seq, result));
+            started.push((items, result));
         }
-        let results = join_all(started.into_iter().map(|(index, seq, result)| async move {
+        for index in blocked {
+            batch.items[index].state = State::Blocked;
+        }
+        let results = join_all(started.into_iter().map(|(items, result)| async move {
             let result = match result {
                 Ok(pending) => pending.await,
                 Err(error) => Err(error),
             };
-            (index, seq, result)
+            (items, result)
         }))
         .await;
-        for (index, seq, result) in results {
+        // A record's result goes to its first event; its later events (same room) follow it:
+        // done with it, or blocked once its failure holds the room.
+        let mut outcomes: Vec<(usize, u64, Result<(), BrokerError>)> = Vec::new();
+        for (items, result) in results {
+            let mut result = Some(result);
+            for (index, seq) in items {
+                outcomes.push((index, seq, result.take().unwrap_or(Ok(()))));
+            }
+        }
+        outcomes.sort_unstable_by_key(|(index, _, _)| *index);
+        for (index, seq, result) in outcomes {
             let item = &mut batch.items[index];
+            if batch.held.contains(&item.delivery.key) {
+                item.state = State::Blocked;
+                continue;
+            }
             match result {
-                Ok(()) if batch.held.contains(&item.delivery.key) => item.state = State::Blocked,
                 Ok(()) => item.state = State::Done,
                 Err(error) if is_fatal(&error) => return Err(Failure::Fatal(error)),
                 Err(error) => {
@@ -768,6 +814,9 @@ impl Batch {
         self.items[index].state = State::Stored(message);
     }
 }
+
+/// One fan-out record being built: its room, its events (batch index, seq) and their messages.
+type FanoutRecord<'a> = (String, Vec<(usize, u64)>, Vec<&'a FanoutMessage>);
 
 /// Deliveries waiting for their retry backoff before being nacked; cancelling the token
 /// nacks them at once.

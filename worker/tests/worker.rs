@@ -7,10 +7,10 @@ use bytes::Bytes;
 use common::{PgDatabase, event, random_name};
 use roomcast_broker::testkit::{next_message, within};
 use roomcast_broker::{EmbeddedBroker, EventPublisher, FanoutSource, FanoutSubscription};
-use roomcast_schemas::{DeadLetter, FanoutMessage, InboundEvent};
+use roomcast_schemas::{DeadLetter, FanoutMessage, InboundEvent, decode_fanout};
 use roomcast_worker::handler::{Disposition, EventHandler, HandlerError, Handlers};
 use roomcast_worker::{Store, Worker, WorkerConfig, WorkerCounters, WorkerError};
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
@@ -62,14 +62,17 @@ impl Setup {
             .expect("publish");
     }
 
-    async fn subscribe(&self, rooms: &[&str]) -> Box<dyn FanoutSubscription> {
+    async fn subscribe(&self, rooms: &[&str]) -> Fanned {
         let sub = FanoutSource::open(&*self.broker)
             .await
             .expect("open a fan-out subscription");
         for room in rooms {
             sub.subscribe(room).await.expect("subscribe");
         }
-        sub
+        Fanned {
+            sub,
+            ready: VecDeque::new(),
+        }
     }
 
     async fn dead_letters(&self) -> Vec<DeadLetter> {
@@ -152,17 +155,35 @@ fn quick_retries(max_attempts: u32) -> WorkerConfig {
     }
 }
 
-async fn next_fanout(sub: &dyn FanoutSubscription) -> FanoutMessage {
-    let (room, text) = next_message(sub).await;
-    let message: FanoutMessage = serde_json::from_str(&text).expect("a FanoutMessage document");
-    assert_eq!(message.room, room);
-    message
+/// A fan-out subscription read one message at a time (a record may hold several).
+struct Fanned {
+    sub: Box<dyn FanoutSubscription>,
+    ready: VecDeque<FanoutMessage>,
+}
+
+impl Fanned {
+    async fn next(&mut self) -> FanoutMessage {
+        while self.ready.is_empty() {
+            let (room, text) = next_message(&*self.sub).await;
+            let messages = decode_fanout(text.as_bytes()).expect("a fan-out record");
+            let seqs: Vec<u64> = messages.iter().map(|m| m.seq).collect();
+            assert!(
+                seqs.windows(2).all(|w| w[1] == w[0] + 1),
+                "a record holds consecutive seqs: {seqs:?}"
+            );
+            for message in messages {
+                assert_eq!(message.room, room);
+                self.ready.push_back(message);
+            }
+        }
+        self.ready.pop_front().expect("a message")
+    }
 }
 
 /// Events of two rooms are stored with seqs 1..n per room and fanned out in seq order.
 async fn stores_and_fans_out_in_order(setup: &Setup) {
     let (a, b) = (random_name("a"), random_name("b"));
-    let sub = setup.subscribe(&[&a, &b]).await;
+    let mut sub = setup.subscribe(&[&a, &b]).await;
     let mut running = Running::spawn(setup.worker(WorkerConfig {
         batch_max: 8,
         ..WorkerConfig::default()
@@ -183,7 +204,7 @@ async fn stores_and_fans_out_in_order(setup: &Setup) {
 
     let mut fanned: HashMap<String, Vec<FanoutMessage>> = HashMap::new();
     for _ in 0..30 {
-        let message = next_fanout(&*sub).await;
+        let message = sub.next().await;
         fanned
             .entry(message.room.clone())
             .or_default()
@@ -236,17 +257,51 @@ async fn events_are_stored_and_fanned_out_in_seq_order_on_postgres() {
     setup.store.close().await;
 }
 
+/// A room's messages of one batch go out as records of up to `fanout_batch` messages (JSON
+/// arrays), in seq order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_messages_of_one_batch_share_fan_out_records() {
+    let setup = Setup::sqlite().await;
+    let room = random_name("room");
+    let sub = setup.subscribe(&[&room]).await;
+    // Published before the worker starts, so that one batch holds all ten.
+    for i in 1..=10 {
+        setup
+            .publish(&event(&room, "alice", &format!("e{i}"), "{}"))
+            .await;
+    }
+    let running = Running::spawn(setup.worker(WorkerConfig {
+        fanout_batch: 4,
+        ..WorkerConfig::default()
+    }));
+    let mut sizes = Vec::new();
+    let mut seqs = Vec::new();
+    while seqs.len() < 10 {
+        let (_, text) = next_message(&*sub.sub).await;
+        let messages = decode_fanout(text.as_bytes()).expect("a fan-out record");
+        sizes.push(messages.len());
+        seqs.extend(messages.iter().map(|m| m.seq));
+    }
+    assert_eq!(seqs, (1..=10).collect::<Vec<u64>>());
+    assert_eq!(
+        sizes,
+        [4, 4, 2],
+        "one batch: records of 4, 4 and 2 messages"
+    );
+    running.stop().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_duplicate_is_stored_once_and_its_fanout_republished() {
     let setup = Setup::sqlite().await;
     let room = random_name("room");
-    let sub = setup.subscribe(&[&room]).await;
+    let mut sub = setup.subscribe(&[&room]).await;
     let running = Running::spawn(setup.worker(WorkerConfig::default()));
 
     setup
         .publish(&event(&room, "alice", "e1", r#"{"v":1}"#))
         .await;
-    let first = next_fanout(&*sub).await;
+    let first = sub.next().await;
     assert_eq!((first.seq, first.data.get()), (1, r#"{"v":1}"#));
 
     // The gateway retried the publish (same from + id), then a new event follows.
@@ -256,12 +311,12 @@ async fn a_duplicate_is_stored_once_and_its_fanout_republished() {
     setup
         .publish(&event(&room, "alice", "e2", r#"{"v":2}"#))
         .await;
-    let again = next_fanout(&*sub).await;
+    let again = sub.next().await;
     assert_eq!(
         (again.seq, again.id.as_str(), again.data.get()),
         (1, "e1", r#"{"v":1}"#)
     );
-    let second = next_fanout(&*sub).await;
+    let second = sub.next().await;
     assert_eq!((second.seq, second.id.as_str()), (2, "e2"));
 
     let counters = running.stop().await;
@@ -281,7 +336,7 @@ async fn a_duplicate_is_stored_once_and_its_fanout_republished() {
 async fn poison_payloads_are_dead_lettered_and_the_stream_moves_on() {
     let setup = Setup::sqlite().await;
     let room = random_name("room");
-    let sub = setup.subscribe(&[&room]).await;
+    let mut sub = setup.subscribe(&[&room]).await;
     let mut running = Running::spawn(setup.worker(WorkerConfig::default()));
 
     let mut wrong_version = event(&room, "alice", "v2", "{}");
@@ -311,7 +366,7 @@ async fn poison_payloads_are_dead_lettered_and_the_stream_moves_on() {
         .publish(&event(&room, "alice", "good", r#"{"ok":true}"#))
         .await;
 
-    let message = next_fanout(&*sub).await;
+    let message = sub.next().await;
     assert_eq!((message.seq, message.id.as_str()), (1, "good"));
     running
         .wait_for("the dead letters", |c| {
@@ -368,7 +423,7 @@ impl EventHandler for Flaky {
 async fn transient_failures_are_retried_then_dead_lettered_after_max_attempts() {
     let setup = Setup::sqlite().await;
     let (room, other) = (random_name("room"), random_name("other"));
-    let sub = setup.subscribe(&[&room, &other]).await;
+    let mut sub = setup.subscribe(&[&room, &other]).await;
     let calls = Arc::new(AtomicU32::new(0));
     let handlers = Handlers::new().on(
         "flaky",
@@ -389,7 +444,7 @@ async fn transient_failures_are_retried_then_dead_lettered_after_max_attempts() 
     // The room's next event waits for the flaky one, then takes seq 1.
     let mut seen = HashMap::new();
     for _ in 0..2 {
-        let message = next_fanout(&*sub).await;
+        let message = sub.next().await;
         seen.insert(message.room.clone(), (message.seq, message.id));
     }
     assert_eq!(seen[&room], (1, "after".to_owned()));
@@ -446,7 +501,7 @@ async fn an_event_the_store_refuses_is_retried_alone_then_dead_lettered() {
     drop(conn);
 
     let rooms: Vec<String> = (0..3).map(|_| random_name("room")).collect();
-    let sub = setup
+    let mut sub = setup
         .subscribe(&rooms.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
     setup
@@ -462,7 +517,7 @@ async fn an_event_the_store_refuses_is_retried_alone_then_dead_lettered() {
 
     let mut first: HashMap<String, (u64, String)> = HashMap::new();
     for _ in 0..3 {
-        let message = next_fanout(&*sub).await;
+        let message = sub.next().await;
         first
             .entry(message.room.clone())
             .or_insert((message.seq, message.id));
@@ -502,7 +557,7 @@ async fn an_event_the_store_refuses_is_retried_alone_then_dead_lettered() {
 async fn handlers_can_reject_or_drop_an_event_kind() {
     let setup = Setup::sqlite().await;
     let room = random_name("room");
-    let sub = setup.subscribe(&[&room]).await;
+    let mut sub = setup.subscribe(&[&room]).await;
     let handlers = Handlers::new()
         .on_fn("typing", |_| Ok(Disposition::Drop))
         .on_fn("shout", |e| {
@@ -519,7 +574,7 @@ async fn handlers_can_reject_or_drop_an_event_kind() {
         event.event = kind.to_owned();
         setup.publish(&event).await;
     }
-    let message = next_fanout(&*sub).await;
+    let message = sub.next().await;
     assert_eq!(
         (message.seq, message.id.as_str(), message.event.as_str()),
         (1, "3", "chat")
@@ -570,7 +625,7 @@ async fn a_restarted_worker_continues_and_stores_every_event_once() {
 
     // First run: stop after some of the events.
     {
-        let sub = setup
+        let mut sub = setup
             .subscribe(&rooms.iter().map(String::as_str).collect::<Vec<_>>())
             .await;
         let running = Running::spawn(setup.worker(WorkerConfig {
@@ -578,7 +633,7 @@ async fn a_restarted_worker_continues_and_stores_every_event_once() {
             ..WorkerConfig::default()
         }));
         for _ in 0..20 {
-            next_fanout(&*sub).await;
+            sub.next().await;
         }
         let counters = running.stop().await;
         assert!(
@@ -609,7 +664,7 @@ async fn a_restarted_worker_continues_and_stores_every_event_once() {
         store,
     };
 
-    let sub = setup
+    let mut sub = setup
         .subscribe(&rooms.iter().map(String::as_str).collect::<Vec<_>>())
         .await;
     let running = Running::spawn(setup.worker(WorkerConfig::default()));
@@ -618,7 +673,7 @@ async fn a_restarted_worker_continues_and_stores_every_event_once() {
         .iter()
         .any(|room| last.get(room).copied().unwrap_or(0) < PER_ROOM as u64)
     {
-        let message = next_fanout(&*sub).await;
+        let message = sub.next().await;
         let previous = last.insert(message.room.clone(), message.seq).unwrap_or(0);
         assert!(
             message.seq > previous,
@@ -662,9 +717,9 @@ async fn a_store_outage_holds_events_without_dead_lettering_them() {
     assert!(setup.dead_letters().await.is_empty());
 
     // The store is back: the event is stored.
-    let sub = setup.subscribe(&[&room]).await;
+    let mut sub = setup.subscribe(&[&room]).await;
     let running = Running::spawn(setup.worker(quick_retries(2)));
-    let message = next_fanout(&*sub).await;
+    let message = sub.next().await;
     assert_eq!((message.seq, message.id.as_str()), (1, "e1"));
     running.stop().await;
     setup.assert_all_acked();
