@@ -4,48 +4,32 @@
 //! they skip when RabbitMQ cannot be reached, with `CI=true` they fail.
 
 use bytes::Bytes;
-use roomcast_broker::testkit::{QUIET, next_event, parse_record, record, unique, within};
+use roomcast_broker::testkit::{
+    QUIET, next_event, parse_record, record, test_broker_url, unique, with_settings, within,
+};
 use roomcast_broker::{Broker, BrokerError, FanoutEvent, amqp};
 use std::collections::HashSet;
 use std::process::Command;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+/// RabbitMQ on this machine, when `ROOMCAST_TEST_AMQP_URL` is not set.
+const DEFAULT_URL: &str = "amqp://guest:guest@127.0.0.1:5672/%2f";
+
 fn base_url() -> String {
-    std::env::var("ROOMCAST_TEST_AMQP_URL")
-        .unwrap_or_else(|_| "amqp://guest:guest@127.0.0.1:5672/%2f".to_owned())
+    std::env::var("ROOMCAST_TEST_AMQP_URL").unwrap_or_else(|_| DEFAULT_URL.to_owned())
 }
 
+/// `base_url()` with `params` added to its query.
 fn url_with(params: &str) -> String {
-    let base = base_url();
-    let sep = if base.contains('?') { '&' } else { '?' };
-    format!("{base}{sep}{params}")
+    with_settings(&base_url(), params)
 }
 
-/// Whether RabbitMQ accepts TCP connections; with `CI=true` it must.
+/// Whether RabbitMQ accepts TCP connections; see [`test_broker_url`].
 async fn reachable() -> bool {
-    let base = base_url();
-    let rest = base.split_once("://").map_or(base.as_str(), |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    let address = if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:5672")
-    };
-    let connected = tokio::time::timeout(
-        Duration::from_secs(5),
-        tokio::net::TcpStream::connect(&address),
-    )
-    .await;
-    if matches!(connected, Ok(Ok(_))) {
-        return true;
-    }
-    if std::env::var("CI").is_ok_and(|v| v == "true") {
-        panic!("RabbitMQ is not reachable at {address} (CI=true)");
-    }
-    eprintln!("skipping: RabbitMQ is not reachable at {address}");
-    false
+    test_broker_url("ROOMCAST_TEST_AMQP_URL", Some(DEFAULT_URL), 5672, "")
+        .await
+        .is_some()
 }
 
 /// Deletes a prefix's queues and exchanges when dropped, also when the test fails.

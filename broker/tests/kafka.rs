@@ -3,7 +3,7 @@
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use roomcast_broker::testkit::{parse_record, record, unique};
+use roomcast_broker::testkit::{parse_record, record, test_broker_url, unique, with_settings};
 use roomcast_broker::{Broker, BrokerError, Delivery, EventStream};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -345,52 +345,14 @@ async fn rebalances_keep_order_and_ack_every_record_once() {
     drop(stream);
     broker.close().await;
 }
-/// The test broker's URL from `ROOMCAST_TEST_KAFKA_URL`, if it is reachable. When it is not
-/// set or not reachable, the test fails with `CI=true` and is skipped (with a message)
-/// otherwise.
+/// The test broker's URL from `ROOMCAST_TEST_KAFKA_URL`, if it is reachable; see
+/// [`test_broker_url`].
 async fn broker_url() -> Option<String> {
-    let problem = match std::env::var("ROOMCAST_TEST_KAFKA_URL") {
-        Ok(url) if !url.trim().is_empty() => match reachable(url.trim()).await {
-            Ok(()) => return Some(url.trim().to_owned()),
-            Err(problem) => problem,
-        },
-        _ => "ROOMCAST_TEST_KAFKA_URL is not set (start a broker with \
-              `export ROOMCAST_TEST_KAFKA_URL=$(scripts/tansu start)`)"
-            .to_owned(),
-    };
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("the Kafka test broker is required in CI: {problem}");
-    }
-    eprintln!("skipping: {problem}");
-    None
-}
-
-/// Whether the first host of a `kafka://` URL accepts connections.
-async fn reachable(url: &str) -> Result<(), String> {
-    let hosts = url
-        .strip_prefix("kafka://")
-        .ok_or_else(|| format!("ROOMCAST_TEST_KAFKA_URL `{url}` is not a kafka:// URL"))?;
-    let host = hosts
-        .split(['?', '/', ','])
-        .next()
-        .unwrap_or_default()
-        .to_owned();
-    match tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::net::TcpStream::connect(host.as_str()),
+    test_broker_url(
+        "ROOMCAST_TEST_KAFKA_URL",
+        None,
+        9092,
+        "start a broker with `export ROOMCAST_TEST_KAFKA_URL=$(scripts/tansu start)`",
     )
     .await
-    {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err(e)) => Err(format!(
-            "the Kafka test broker at {host} is unreachable: {e}"
-        )),
-        Err(_) => Err(format!("the Kafka test broker at {host} did not answer")),
-    }
-}
-
-/// `url` with `settings` (`name=value&…`) added to its query.
-fn with_settings(url: &str, settings: &str) -> String {
-    let separator = if url.contains('?') { '&' } else { '?' };
-    format!("{url}{separator}{settings}")
 }

@@ -12,6 +12,7 @@ use bytes::Bytes;
 use common::{PgDatabase, event, random_name};
 use roomcast_broker::Broker;
 use roomcast_broker::kafka::replay::{KafkaReplay, ReplayStart};
+use roomcast_broker::testkit::{test_broker_url, with_settings};
 use roomcast_schemas::InboundEvent;
 use roomcast_worker::replay::{ReplayOptions, ReplayReport, replay};
 use roomcast_worker::{Store, Worker, WorkerConfig};
@@ -43,30 +44,13 @@ fn unavailable<T>(problem: &str) -> Option<T> {
 /// The Kafka test broker's URL, with a fresh prefix and 3 partitions, and a check that
 /// PostgreSQL answers.
 async fn environment() -> Option<String> {
-    let url = match std::env::var("ROOMCAST_TEST_KAFKA_URL") {
-        Ok(url) if !url.trim().is_empty() => url.trim().to_owned(),
-        _ => {
-            return unavailable(
-                "ROOMCAST_TEST_KAFKA_URL is not set (start a broker with \
-                 `export ROOMCAST_TEST_KAFKA_URL=$(scripts/tansu start)`)",
-            );
-        }
-    };
-    let host = url
-        .strip_prefix("kafka://")
-        .and_then(|hosts| hosts.split(['?', '/', ',']).next())
-        .unwrap_or_default()
-        .to_owned();
-    let connected = tokio::time::timeout(
-        Duration::from_secs(3),
-        tokio::net::TcpStream::connect(host.as_str()),
+    let url = test_broker_url(
+        "ROOMCAST_TEST_KAFKA_URL",
+        None,
+        9092,
+        "start a broker with `export ROOMCAST_TEST_KAFKA_URL=$(scripts/tansu start)`",
     )
-    .await;
-    if !matches!(connected, Ok(Ok(_))) {
-        return unavailable(&format!(
-            "the Kafka test broker at `{host}` (ROOMCAST_TEST_KAFKA_URL) is unreachable"
-        ));
-    }
+    .await?;
     let postgres = std::env::var("ROOMCAST_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&postgres)).await {
@@ -80,9 +64,11 @@ async fn environment() -> Option<String> {
         }
     }
     common::init_tracing();
-    let separator = if url.contains('?') { '&' } else { '?' };
     let prefix = random_name("replay").replace('-', ".");
-    Some(format!("{url}{separator}prefix={prefix}&partitions=3"))
+    Some(with_settings(
+        &url,
+        &format!("prefix={prefix}&partitions=3"),
+    ))
 }
 
 fn now_ms() -> u64 {

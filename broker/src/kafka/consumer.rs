@@ -338,11 +338,7 @@ impl ClientContext for Context {}
 impl ConsumerContext for Context {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(list) = rebalance {
-            let partitions: Vec<i32> = list
-                .elements_for_topic(&self.stream.broker.events_topic)
-                .iter()
-                .map(|e| e.partition())
-                .collect();
+            let partitions = self.events_partitions(list);
             let lost = consumer.assignment_lost();
             tracing::info!(?partitions, lost, group = %self.stream.group, "kafka: partitions revoked");
             if !lost {
@@ -354,11 +350,7 @@ impl ConsumerContext for Context {
 
     fn post_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Assign(list) = rebalance {
-            let partitions: Vec<i32> = list
-                .elements_for_topic(&self.stream.broker.events_topic)
-                .iter()
-                .map(|e| e.partition())
-                .collect();
+            let partitions = self.events_partitions(list);
             tracing::info!(?partitions, group = %self.stream.group, "kafka: partitions assigned");
             if partitions.is_empty() {
                 return;
@@ -431,6 +423,14 @@ impl ConsumerContext for Context {
 }
 
 impl Context {
+    /// The inbound topic's partitions in a rebalance's list.
+    fn events_partitions(&self, list: &TopicPartitionList) -> Vec<i32> {
+        list.elements_for_topic(&self.stream.broker.events_topic)
+            .iter()
+            .map(|e| e.partition())
+            .collect()
+    }
+
     /// Waits until the deliveries of `partitions` are settled, the stream stops, or the
     /// revoke timeout passes.
     fn wait_settled(&self, partitions: &[i32]) {

@@ -19,6 +19,7 @@
 use futures_util::{SinkExt, StreamExt};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
+use roomcast_broker::testkit::first_host;
 use roomcast_gateway::auth::Minter;
 use roomcast_schemas::{ClientFrame, ErrorCode, ServerFrame};
 use roomcast_worker::Store;
@@ -61,18 +62,6 @@ pub(crate) fn unique(prefix: &str) -> String {
 /// Whether CI demands every dependency.
 fn in_ci() -> bool {
     std::env::var("CI").is_ok_and(|v| v == "true")
-}
-
-/// `host:port` of a URL (`scheme://user:pass@host:port/…`), with `default_port` when absent.
-pub(crate) fn host_port(url: &str, default_port: u16) -> String {
-    let rest = url.split_once("://").map_or(url, |(_, r)| r);
-    let authority = rest.split(['/', '?']).next().unwrap_or(rest);
-    let host_port = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    if host_port.contains(':') {
-        host_port.to_owned()
-    } else {
-        format!("{host_port}:{default_port}")
-    }
 }
 
 /// Whether `what` accepts TCP connections at `address`. With `CI=true` it must (the test
@@ -224,7 +213,7 @@ impl Cluster {
         } else {
             5672
         };
-        if !reachable("the broker", &host_port(broker_url, default_port)).await
+        if !reachable("the broker", &first_host(broker_url, default_port)).await
             || !reachable("PostgreSQL", POSTGRES_ADDR).await
         {
             return None;
@@ -590,7 +579,7 @@ impl Client {
         let mut request = ws_url.into_client_request().map_err(|e| e.to_string())?;
         let value = HeaderValue::from_str(&format!("Bearer {token}")).map_err(|e| e.to_string())?;
         request.headers_mut().insert("authorization", value);
-        let address = host_port(ws_url, 80);
+        let address = first_host(ws_url, 80);
         let connect = async {
             let stream = TcpStream::connect(&address)
                 .await
