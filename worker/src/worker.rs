@@ -500,8 +500,8 @@ impl Worker {
     /// batch go out together, up to `fanout_batch` per record (a JSON array in seq order). The
     /// publishes are started in batch order (which fixes each record's place in its room's
     /// order) and awaited together, so a batch costs one round trip to the broker, not one per
-    /// event. Results are then taken in batch order: an event whose publish failed holds its
-    /// room, and the room's later events are nacked with it (messages that went out are
+    /// event. Every event of a record shares its result, taken in batch order: an event whose
+    /// publish failed holds its room, and the room's later events are nacked with it (messages that went out are
     /// re-published by the redelivery; gateways drop seqs they already delivered).
     async fn publish(&self, batch: &mut Batch) -> Result<(), Failure> {
         // Records in start order.
@@ -558,13 +558,12 @@ impl Worker {
             (items, result)
         }))
         .await;
-        // A record's result goes to its first event; its later events (same room) follow it:
-        // done with it, or blocked once its failure holds the room.
+        // Every event of a record shares its result.
         let mut outcomes: Vec<(usize, u64, Result<(), BrokerError>)> = Vec::new();
         for (items, result) in results {
-            let mut result = Some(result);
             for (index, seq) in items {
-                outcomes.push((index, seq, result.take().unwrap_or(Ok(()))));
+                let result = result.as_ref().map_err(same_error).copied();
+                outcomes.push((index, seq, result));
             }
         }
         outcomes.sort_unstable_by_key(|(index, _, _)| *index);
@@ -696,6 +695,18 @@ impl Worker {
             retries.schedule(later, self.config.backoff(retry_attempt.max(1)));
         }
         self.counters.send_modify(|counters| counters.add(&tally));
+    }
+}
+
+/// `error` again, for each event of a fan-out record that failed (a database error as its
+/// text).
+fn same_error(error: &BrokerError) -> BrokerError {
+    match error {
+        BrokerError::Unavailable(m) => BrokerError::Unavailable(m.clone()),
+        BrokerError::Rejected(m) => BrokerError::Rejected(m.clone()),
+        BrokerError::Config(m) => BrokerError::Config(m.clone()),
+        BrokerError::Closed => BrokerError::Closed,
+        BrokerError::Storage(e) => BrokerError::Unavailable(e.to_string()),
     }
 }
 
