@@ -435,6 +435,8 @@ pub mod cases {
             /// Per key: the stream holding its unacked records, and how many it holds.
             in_flight: HashMap<String, (usize, usize)>,
             tally: Tally,
+            /// Acks that returned: the consumers stop only when every record is acked.
+            acked: usize,
         }
         let state = Arc::new(Mutex::new(State::default()));
         let done = Arc::new(tokio::sync::Notify::new());
@@ -476,8 +478,9 @@ pub mod cases {
                         }
                         ack(delivery).await;
                         let finished = {
-                            let state = state.lock().unwrap_or_else(|e| e.into_inner());
-                            state.tally.count == total
+                            let mut state = state.lock().unwrap_or_else(|e| e.into_inner());
+                            state.acked += 1;
+                            state.acked == total
                         };
                         if finished {
                             done.notify_one();
