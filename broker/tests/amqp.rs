@@ -403,3 +403,87 @@ async fn dropped_stream_returns_records_in_order() {
     drop(second);
     broker.close().await;
 }
+
+/// A stream's acks of one batch are coalesced into `multiple` acks; a delivery still held
+/// (nacked for a retry, or not yet settled) in the middle of the channel's tags must not be
+/// covered by one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acks_settled_together_never_cover_a_held_delivery() {
+    if !reachable().await {
+        return;
+    }
+    let (_, _cleanup, broker) = fresh("shards=1&key_window=100").await;
+    let rooms = [unique("room-a"), unique("room-b"), unique("room-c")];
+    let held_room = &rooms[1];
+    for n in 1..=30 {
+        let key = &rooms[n as usize % 3];
+        broker.publish(key, record(key, n)).await.expect("publish");
+    }
+    let group = unique("group");
+    let mut first = broker.consume(&group).await.expect("consume");
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 30 {
+        deliveries.extend(
+            within("deliveries", first.next_batch(30))
+                .await
+                .expect("next_batch"),
+        );
+    }
+    let (held, done): (Vec<_>, Vec<_>) = deliveries
+        .into_iter()
+        .partition(|delivery| &delivery.key == held_room);
+    assert_eq!(held.len(), 10);
+    let mut held = held.into_iter();
+    // The room's first record is nacked (kept for a retry), the others stay unsettled.
+    held.next()
+        .expect("a held delivery")
+        .nack()
+        .await
+        .expect("nack");
+    for result in futures_util::future::join_all(done.into_iter().map(|d| d.ack())).await {
+        result.expect("ack");
+    }
+    drop(held);
+    drop(first);
+
+    // Only the held room's records come back, all of them, in order.
+    let mut second = broker.consume(&group).await.expect("consume");
+    let mut back = Vec::new();
+    while back.len() < 10 {
+        back.extend(
+            within("redeliveries", second.next_batch(30))
+                .await
+                .expect("next_batch"),
+        );
+    }
+    let numbers: Vec<u32> = back
+        .iter()
+        .map(|delivery| {
+            let (key, n) = parse_record(&delivery.payload);
+            assert_eq!(&key, held_room, "an acked record came back");
+            n
+        })
+        .collect();
+    assert_eq!(numbers, (1..=30).filter(|n| n % 3 == 1).collect::<Vec<_>>());
+    assert!(
+        tokio::time::timeout(QUIET, second.next_batch(1))
+            .await
+            .is_err(),
+        "a record was delivered twice"
+    );
+    for result in futures_util::future::join_all(back.into_iter().map(|d| d.ack())).await {
+        result.expect("ack");
+    }
+    drop(second);
+
+    // Every record is acked now.
+    let mut third = broker.consume(&group).await.expect("consume");
+    assert!(
+        tokio::time::timeout(QUIET, third.next_batch(1))
+            .await
+            .is_err(),
+        "an acked record came back"
+    );
+    drop(third);
+    broker.close().await;
+}

@@ -1,5 +1,6 @@
 //! Publishing with confirms, and the inbound consumer stream.
 
+use super::acks::Acks;
 use super::config::QueueType;
 use super::link::Shared;
 use crate::{BrokerError, Delivery, EventStream, Settle};
@@ -8,7 +9,7 @@ use bytes::Bytes;
 use futures_util::stream::SelectAll;
 use futures_util::{FutureExt, StreamExt};
 use lapin::acker::Acker;
-use lapin::options::{BasicAckOptions, BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
+use lapin::options::{BasicConsumeOptions, BasicPublishOptions, BasicQosOptions};
 use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Consumer};
@@ -117,6 +118,8 @@ struct Entry {
     key: String,
     payload: Bytes,
     attempt: u32,
+    /// The channel's delivery tag.
+    tag: u64,
     acker: Acker,
 }
 
@@ -135,6 +138,7 @@ struct StreamState {
     /// Woken when a settle makes a buffered delivery ready.
     settled: Notify,
     key_window: u32,
+    acks: Acks,
 }
 
 impl StreamState {
@@ -217,6 +221,7 @@ impl AmqpStream {
                     buffer: Mutex::new(Buffer::default()),
                     settled: Notify::new(),
                     key_window: shared.config.key_window,
+                    acks: Acks::start(),
                 }),
                 shared,
                 channel,
@@ -258,6 +263,7 @@ impl AmqpStream {
                         }
                     }
                 };
+                self.state.acks.tags().received(delivery.delivery_tag);
                 let mut buffer = self.state.lock();
                 let seq = buffer.next_seq;
                 buffer.next_seq += 1;
@@ -267,6 +273,7 @@ impl AmqpStream {
                         key,
                         payload: Bytes::from(delivery.data),
                         attempt,
+                        tag: delivery.delivery_tag,
                         acker: delivery.acker,
                     },
                 );
@@ -404,15 +411,13 @@ struct AmqpSettle {
 impl Settle for AmqpSettle {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
         let AmqpSettle { state, entry, .. } = *self;
-        let result = entry.acker.ack(BasicAckOptions::default()).await;
+        // Queued before the first await, so that the acks of a batch settled together
+        // coalesce.
+        let sent = state.acks.ack(entry.tag, entry.acker);
+        let result = sent.await;
         let mut buffer = state.lock();
         state.release(&mut buffer, &entry.key);
-        match result {
-            Ok(_) => Ok(()),
-            Err(error) => Err(BrokerError::Unavailable(format!(
-                "ack failed (the record will be delivered again): {error}"
-            ))),
-        }
+        result
     }
 
     async fn nack(self: Box<Self>) -> Result<(), BrokerError> {

@@ -49,7 +49,10 @@
 //!
 //! Within a stream, deliveries wait in a buffer (up to `prefetch` per shard) and are handed out
 //! in arrival order, at most `key_window` unsettled deliveries per room. An ack goes to
-//! RabbitMQ. A nack keeps the record: it goes back to its place in the buffer, before its room's
+//! RabbitMQ; acks requested together (a batch settled at once) are coalesced into one
+//! `multiple` ack for the run of delivery tags from the channel's lowest unacked one, and sent
+//! one by one above a delivery still in hand, so an ack never covers an unsettled delivery and
+//! never waits for one. An ack on a closed channel is an error. A nack keeps the record: it goes back to its place in the buffer, before its room's
 //! later records, and is handed out again with its attempt count raised. Records stay unacked
 //! at RabbitMQ until acked, so a dropped stream or a lost connection returns them all.
 //!
@@ -71,6 +74,7 @@
 //! once. [`close`](crate::Broker::close) waits briefly for outstanding confirms, then closes
 //! the channels and the connection; dropping the broker does the same in the background.
 
+mod acks;
 mod config;
 mod fanout;
 mod inbound;
