@@ -111,6 +111,18 @@ pub fn first_host(url: &str, default_port: u16) -> String {
     }
 }
 
+/// The Kafka test broker's URL from `ROOMCAST_TEST_KAFKA_URL`, if it is reachable; see
+/// [`test_broker_url`].
+pub async fn kafka_test_url() -> Option<String> {
+    test_broker_url(
+        "ROOMCAST_TEST_KAFKA_URL",
+        None,
+        9092,
+        "start a broker with `export ROOMCAST_TEST_KAFKA_URL=$(scripts/tansu start)`",
+    )
+    .await
+}
+
 /// The URL of a test broker from the environment variable `var` (or `default`), if its first
 /// host accepts TCP connections. Otherwise the test fails with `CI=true` (a test never skips a
 /// broker silently in CI) and is skipped with a note outside CI; `how` tells how to start one.

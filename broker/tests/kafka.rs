@@ -3,7 +3,7 @@
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use roomcast_broker::testkit::{parse_record, record, test_broker_url, unique, with_settings};
+use roomcast_broker::testkit::{kafka_test_url, parse_record, record, unique, with_settings};
 use roomcast_broker::{Broker, BrokerError, Delivery, EventStream};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -43,7 +43,7 @@ async fn partitions(url: &str, topics: &[String]) -> Vec<usize> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn topics_are_created_with_the_configured_partitions() {
-    let Some(url) = broker_url().await else {
+    let Some(url) = kafka_test_url().await else {
         return;
     };
     let prefix = unique("rc");
@@ -232,7 +232,7 @@ async fn rebalances_keep_order_and_ack_every_record_once() {
     const KEYS: usize = 24;
     const PER_KEY: u32 = 25;
     let total = KEYS * PER_KEY as usize;
-    let Some(url) = broker_url().await else {
+    let Some(url) = kafka_test_url().await else {
         return;
     };
     let broker: Arc<dyn Broker> = roomcast_broker::connect(&with_settings(
@@ -344,15 +344,4 @@ async fn rebalances_keep_order_and_ack_every_record_once() {
     }
     drop(stream);
     broker.close().await;
-}
-/// The test broker's URL from `ROOMCAST_TEST_KAFKA_URL`, if it is reachable; see
-/// [`test_broker_url`].
-async fn broker_url() -> Option<String> {
-    test_broker_url(
-        "ROOMCAST_TEST_KAFKA_URL",
-        None,
-        9092,
-        "start a broker with `export ROOMCAST_TEST_KAFKA_URL=$(scripts/tansu start)`",
-    )
-    .await
 }

@@ -3,7 +3,7 @@
 
 use async_trait::async_trait;
 use roomcast_broker::Broker;
-use roomcast_broker::testkit::{BrokerFactory, test_broker_url, unique, with_settings};
+use roomcast_broker::testkit::{BrokerFactory, kafka_test_url, unique, with_settings};
 use std::sync::{Arc, Mutex};
 
 /// Connects Kafka brokers on randomly prefixed topics, remembering which broker uses which.
@@ -64,32 +64,21 @@ impl BrokerFactory for Kafka {
 // Each contract test runs, or is skipped (outside CI) when no broker is reachable; with the
 // default `key_window` (a room's records go out in batches) and with one record per room.
 roomcast_broker::contract_tests!(optional async {
-    broker_url().await.map(|url| Kafka {
+    kafka_test_url().await.map(|url| Kafka {
         url: Some(url),
         ..Kafka::new()
     })
 });
 
 mod key_window_1 {
-    use super::{Kafka, broker_url};
+    use super::Kafka;
+    use roomcast_broker::testkit::kafka_test_url;
 
     roomcast_broker::contract_tests!(optional async {
-        broker_url().await.map(|url| Kafka {
+        kafka_test_url().await.map(|url| Kafka {
             url: Some(url),
             extra: "&key_window=1",
             ..Kafka::new()
         })
     });
-}
-
-/// The test broker's URL from `ROOMCAST_TEST_KAFKA_URL`, if it is reachable; see
-/// [`test_broker_url`].
-async fn broker_url() -> Option<String> {
-    test_broker_url(
-        "ROOMCAST_TEST_KAFKA_URL",
-        None,
-        9092,
-        "start a broker with `export ROOMCAST_TEST_KAFKA_URL=$(scripts/tansu start)`",
-    )
-    .await
 }

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use common::{PgDatabase, event, random_name};
 use roomcast_broker::Broker;
 use roomcast_broker::kafka::replay::{KafkaReplay, ReplayStart};
-use roomcast_broker::testkit::{test_broker_url, with_settings};
+use roomcast_broker::testkit::{kafka_test_url, with_settings};
 use roomcast_schemas::InboundEvent;
 use roomcast_worker::replay::{ReplayOptions, ReplayReport, replay};
 use roomcast_worker::{Store, Worker, WorkerConfig};
@@ -44,13 +44,7 @@ fn unavailable<T>(problem: &str) -> Option<T> {
 /// The Kafka test broker's URL, with a fresh prefix and 3 partitions, and a check that
 /// PostgreSQL answers.
 async fn environment() -> Option<String> {
-    let url = test_broker_url(
-        "ROOMCAST_TEST_KAFKA_URL",
-        None,
-        9092,
-        "start a broker with `export ROOMCAST_TEST_KAFKA_URL=$(scripts/tansu start)`",
-    )
-    .await?;
+    let url = kafka_test_url().await?;
     let postgres = std::env::var("ROOMCAST_TEST_POSTGRES_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&postgres)).await {
