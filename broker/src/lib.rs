@@ -18,7 +18,10 @@
 //! 2. Records are consumed by competing consumers of one group ([`EventConsumer::consume`]).
 //!    A record stays in the stream until a consumer acks it; a record delivered but never acked
 //!    (nack, consumer dropped, process crash, restart) is delivered again. Consumers must
-//!    therefore be idempotent (the worker deduplicates by event id).
+//!    therefore be idempotent (the worker deduplicates by event id). A backend may store
+//!    several records of one key as one broker message (RabbitMQ packs a room's concurrent
+//!    publishes); such a message leaves the stream once all its records are acked, so when a
+//!    stream is lost with only some of them acked, all of them are delivered again, in order.
 //! 3. Order per key: records published with the same key (the room) are delivered in publish
 //!    order, and a key is held by one stream at a time: while a stream has unacked deliveries
 //!    of a key, no other stream of the group receives any of that key's records. The holding

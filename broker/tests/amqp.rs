@@ -487,3 +487,178 @@ async fn acks_settled_together_never_cover_a_held_delivery() {
     drop(third);
     broker.close().await;
 }
+
+/// A plain lapin connection to RabbitMQ, as another service would open.
+async fn raw_connection() -> lapin::Connection {
+    let properties = lapin::ConnectionProperties::default()
+        .with_executor(tokio_executor_trait::Tokio::current())
+        .with_reactor(tokio_reactor_trait::Tokio::current());
+    lapin::Connection::connect(&base_url(), properties)
+        .await
+        .expect("connect to RabbitMQ")
+}
+
+/// The messages waiting in `queue` (a passive declare on a connection of its own).
+async fn queued_messages(queue: &str) -> u32 {
+    use lapin::options::QueueDeclareOptions;
+    let connection = raw_connection().await;
+    let channel = connection.create_channel().await.expect("channel");
+    let declared = channel
+        .queue_declare(
+            queue,
+            QueueDeclareOptions {
+                passive: true,
+                ..QueueDeclareOptions::default()
+            },
+            lapin::types::FieldTable::default(),
+        )
+        .await
+        .expect("passive declare");
+    let _ = connection.close(200, "done").await;
+    declared.message_count()
+}
+
+/// Publishes started together for one room travel packed into few messages, and come out as
+/// the same records in the same order; a pack is acked at RabbitMQ with its last record, so a
+/// dropped stream gives back its room's unacked records (and their pack-mates), in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_concurrent_publishes_travel_packed() {
+    if !reachable().await {
+        return;
+    }
+    let (prefix, _cleanup, broker) = fresh("shards=1&key_window=1000&pack=16").await;
+    let rooms = [unique("room-a"), unique("room-b")];
+    let mut pending = Vec::new();
+    for n in 1..=100 {
+        for key in &rooms {
+            pending.push(
+                broker
+                    .start_publish(key, record(key, n))
+                    .await
+                    .expect("start publish"),
+            );
+        }
+    }
+    for result in futures_util::future::join_all(pending).await {
+        result.expect("confirmed");
+    }
+    let messages = queued_messages(&format!("{prefix}.events.0")).await;
+    assert!(
+        (2 * 100 / 16..=100).contains(&messages),
+        "200 records went as {messages} messages"
+    );
+
+    let group = unique("group");
+    let mut first = broker.consume(&group).await.expect("consume");
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 200 {
+        deliveries.extend(
+            within("deliveries", first.next_batch(200))
+                .await
+                .expect("next_batch"),
+        );
+    }
+    for key in &rooms {
+        let numbers: Vec<u32> = deliveries
+            .iter()
+            .filter(|d| &d.key == key)
+            .map(|d| {
+                assert_eq!(d.attempt, 1);
+                let (record_key, n) = parse_record(&d.payload);
+                assert_eq!(&record_key, key);
+                n
+            })
+            .collect();
+        assert_eq!(numbers, (1..=100).collect::<Vec<_>>(), "{key}");
+    }
+    // Room B is acked in full, room A up to 50.
+    let (a, b): (Vec<_>, Vec<_>) = deliveries.into_iter().partition(|d| d.key == rooms[0]);
+    let mut a = a.into_iter();
+    let acks = b.into_iter().chain(a.by_ref().take(50)).map(|d| d.ack());
+    for result in futures_util::future::join_all(acks).await {
+        result.expect("ack");
+    }
+    drop(a);
+    drop(first);
+
+    // Room A comes back from the start of the pack that holds record 51, to the end.
+    let mut second = broker.consume(&group).await.expect("consume");
+    let mut back: Vec<u32> = Vec::new();
+    while back.last() != Some(&100) {
+        for delivery in within("redeliveries", second.next_batch(200))
+            .await
+            .expect("next_batch")
+        {
+            let (key, n) = parse_record(&delivery.payload);
+            assert_eq!(key, rooms[0], "a fully acked room came back");
+            assert_eq!(delivery.attempt, 2);
+            back.push(n);
+            delivery.ack().await.expect("ack");
+        }
+    }
+    let from = back[0];
+    assert!(from <= 51, "record 51 was not delivered again: {back:?}");
+    assert!(51 - from < 16, "more than a pack came back early: {back:?}");
+    assert_eq!(back, (from..=100).collect::<Vec<_>>());
+    assert!(
+        tokio::time::timeout(QUIET, second.next_batch(1))
+            .await
+            .is_err(),
+        "a record was delivered twice"
+    );
+    drop(second);
+    broker.close().await;
+}
+
+/// A message from another publisher that says it is packed but whose framing does not add up
+/// is handed out whole, as one record (the worker then dead-letters it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_pack_is_handed_out_whole() {
+    use lapin::options::{BasicPublishOptions, ConfirmSelectOptions};
+    use lapin::types::{AMQPValue, FieldTable, LongString};
+    if !reachable().await {
+        return;
+    }
+    let (prefix, _cleanup, broker) = fresh("shards=1").await;
+    let connection = raw_connection().await;
+    let channel = connection.create_channel().await.expect("channel");
+    channel
+        .confirm_select(ConfirmSelectOptions::default())
+        .await
+        .expect("confirm mode");
+    let mut headers = FieldTable::default();
+    headers.insert(
+        "roomcast-key".into(),
+        AMQPValue::LongString(LongString::from("lobby")),
+    );
+    headers.insert("roomcast-records".into(), AMQPValue::LongUInt(3));
+    let body = b"\x00\x00\x00\x02{}not three records";
+    channel
+        .basic_publish(
+            &format!("{prefix}.events"),
+            "0",
+            BasicPublishOptions::default(),
+            body,
+            lapin::BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_headers(headers),
+        )
+        .await
+        .expect("publish")
+        .await
+        .expect("confirm");
+    let _ = connection.close(200, "done").await;
+
+    let mut stream = broker.consume(&unique("group")).await.expect("consume");
+    let batch = within("the delivery", stream.next_batch(10))
+        .await
+        .expect("next_batch");
+    assert_eq!(batch.len(), 1);
+    assert_eq!(batch[0].key, "lobby");
+    assert_eq!(&batch[0].payload[..], body);
+    for delivery in batch {
+        delivery.ack().await.expect("ack");
+    }
+    drop(stream);
+    broker.close().await;
+}

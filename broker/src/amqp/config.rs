@@ -40,6 +40,8 @@ pub(crate) struct AmqpConfig {
     pub(crate) prefetch: u16,
     /// Unsettled deliveries of one key that a stream hands out at once.
     pub(crate) key_window: u32,
+    /// The most inbound records of one room packed into one message.
+    pub(crate) pack: usize,
     /// How long a publish waits for the broker's confirm.
     pub(crate) confirm_timeout: Duration,
     /// How long an operation on the connection (connect, declare, bind) may take.
@@ -80,6 +82,7 @@ impl AmqpConfig {
             queue_type: QueueType::Quorum,
             prefetch: DEFAULT_PREFETCH,
             key_window: 64,
+            pack: 64,
             confirm_timeout: Duration::from_secs(10),
             op_timeout: Duration::from_secs(15),
             reconnect_max: Duration::from_secs(10),
@@ -135,6 +138,13 @@ impl AmqpConfig {
                         .filter(|n| *n >= 1)
                         .ok_or_else(|| bad("a positive number of deliveries"))?;
                 }
+                "pack" => {
+                    config.pack = value
+                        .parse()
+                        .ok()
+                        .filter(|n| (1..=4096).contains(n))
+                        .ok_or_else(|| bad("a number of records from 1 to 4096"))?;
+                }
                 "confirm_timeout_ms" => {
                     config.confirm_timeout = millis(value).ok_or_else(|| bad("milliseconds"))?;
                 }
@@ -169,7 +179,7 @@ impl AmqpConfig {
                 _ => {
                     return Err(BrokerError::Config(format!(
                         "unknown AMQP URL parameter `{name}`; known: prefix, shards, queue_type, \
-                         prefetch, key_window, confirm_timeout_ms, op_timeout_ms, \
+                         prefetch, key_window, pack, confirm_timeout_ms, op_timeout_ms, \
                          reconnect_max_ms, heartbeat, frame_max, channel_max, \
                          connection_timeout, auth_mechanism"
                     )));
@@ -240,8 +250,9 @@ mod tests {
         assert_eq!(config.queue_type, QueueType::Quorum);
         assert_eq!(config.uri.vhost, "/");
         assert_eq!(config.uri.query.heartbeat, Some(10));
+        assert_eq!(config.pack, 64);
         let config = AmqpConfig::parse(
-            "amqp://u:p@h/v?prefix=rc-1&shards=4&queue_type=classic&prefetch=8&heartbeat=5",
+            "amqp://u:p@h/v?prefix=rc-1&shards=4&queue_type=classic&prefetch=8&heartbeat=5&pack=1",
         )
         .expect("parse");
         assert_eq!(config.prefix, "rc-1");
@@ -249,6 +260,7 @@ mod tests {
         assert_eq!(config.shards, 4);
         assert_eq!(config.queue_type, QueueType::Classic);
         assert_eq!(config.prefetch, 8);
+        assert_eq!(config.pack, 1);
         assert_eq!(config.uri.query.heartbeat, Some(5));
         assert_eq!(config.uri.vhost, "v");
     }
@@ -263,6 +275,8 @@ mod tests {
             "amqp://u:secret@h/?prefix=a%20b",
             "amqp://u:secret@h/?bogus=1",
             "amqp://u:secret@h/?prefetch=0",
+            "amqp://u:secret@h/?pack=0",
+            "amqp://u:secret@h/?pack=4097",
             "http://u:secret@h/",
         ] {
             match AmqpConfig::parse(url) {

@@ -3,6 +3,7 @@
 use super::acks::Acks;
 use super::config::QueueType;
 use super::link::Shared;
+use super::pack::{self, RECORDS_HEADER};
 use crate::{BrokerError, Delivery, EventStream, Settle};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use lapin::publisher_confirm::Confirmation;
 use lapin::types::{AMQPValue, FieldTable, LongString};
 use lapin::{BasicProperties, Channel, Consumer};
 use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use tokio::sync::Notify;
 
@@ -25,6 +27,8 @@ pub(crate) struct Outgoing<'a> {
     pub(crate) exchange: &'a str,
     pub(crate) routing_key: &'a str,
     pub(crate) key: Option<&'a str>,
+    /// The number of records packed into the message ([`RECORDS_HEADER`]), when several.
+    pub(crate) records: Option<u32>,
     pub(crate) payload: &'a [u8],
     /// Delivery mode 2 (stored on disk by durable queues).
     pub(crate) persistent: bool,
@@ -50,12 +54,17 @@ pub(crate) async fn start_confirmed(
     let session = shared.session()?;
     let mut properties =
         BasicProperties::default().with_delivery_mode(if out.persistent { 2 } else { 1 });
-    if let Some(key) = out.key {
+    if out.key.is_some() || out.records.is_some() {
         let mut headers = FieldTable::default();
-        headers.insert(
-            KEY_HEADER.into(),
-            AMQPValue::LongString(LongString::from(key)),
-        );
+        if let Some(key) = out.key {
+            headers.insert(
+                KEY_HEADER.into(),
+                AMQPValue::LongString(LongString::from(key)),
+            );
+        }
+        if let Some(records) = out.records {
+            headers.insert(RECORDS_HEADER.into(), AMQPValue::LongUInt(records));
+        }
         properties = properties.with_headers(headers);
     }
     let options = BasicPublishOptions {
@@ -113,14 +122,22 @@ fn settle_confirmation(confirmation: Confirmation, exchange: &str) -> Result<(),
     }
 }
 
-/// A delivery received and not yet settled.
+/// A RabbitMQ message received and not yet acked: acked at RabbitMQ once each of its records
+/// is.
+struct Message {
+    /// The channel's delivery tag.
+    tag: u64,
+    acker: Acker,
+    /// Its records not acked yet.
+    unacked: AtomicUsize,
+}
+
+/// A record received and not yet settled.
 struct Entry {
     key: String,
     payload: Bytes,
     attempt: u32,
-    /// The channel's delivery tag.
-    tag: u64,
-    acker: Acker,
+    message: Arc<Message>,
 }
 
 /// The deliveries of a stream, shared with their settle handles.
@@ -263,20 +280,42 @@ impl AmqpStream {
                         }
                     }
                 };
+                let body = Bytes::from(delivery.data);
+                let records = match headers
+                    .and_then(|h| h.inner().get(RECORDS_HEADER))
+                    .and_then(amqp_count)
+                {
+                    None => vec![body],
+                    Some(count) => pack::split(&body, count).unwrap_or_else(|| {
+                        tracing::warn!(
+                            key = %key,
+                            count,
+                            bytes = body.len(),
+                            "a packed message's framing does not add up; handing it out whole"
+                        );
+                        vec![body]
+                    }),
+                };
+                let message = Arc::new(Message {
+                    tag: delivery.delivery_tag,
+                    acker: delivery.acker,
+                    unacked: AtomicUsize::new(records.len()),
+                });
                 self.state.acks.tags().received(delivery.delivery_tag);
                 let mut buffer = self.state.lock();
-                let seq = buffer.next_seq;
-                buffer.next_seq += 1;
-                buffer.ready.insert(
-                    seq,
-                    Entry {
-                        key,
-                        payload: Bytes::from(delivery.data),
-                        attempt,
-                        tag: delivery.delivery_tag,
-                        acker: delivery.acker,
-                    },
-                );
+                for payload in records {
+                    let seq = buffer.next_seq;
+                    buffer.next_seq += 1;
+                    buffer.ready.insert(
+                        seq,
+                        Entry {
+                            key: key.clone(),
+                            payload,
+                            attempt,
+                            message: message.clone(),
+                        },
+                    );
+                }
             }
             Some(Err(error)) => {
                 self.failed = Some(format!("consumer failed: {error}"));
@@ -411,10 +450,14 @@ struct AmqpSettle {
 impl Settle for AmqpSettle {
     async fn ack(self: Box<Self>) -> Result<(), BrokerError> {
         let AmqpSettle { state, entry, .. } = *self;
-        // Queued before the first await, so that the acks of a batch settled together
-        // coalesce.
-        let sent = state.acks.ack(entry.tag, entry.acker);
-        let result = sent.await;
+        let message = &entry.message;
+        // The message is acked with its last record. Queued before the first await, so that
+        // the acks of a batch settled together coalesce.
+        let result = if message.unacked.fetch_sub(1, Ordering::AcqRel) == 1 {
+            state.acks.ack(message.tag, message.acker.clone()).await
+        } else {
+            Ok(())
+        };
         let mut buffer = state.lock();
         state.release(&mut buffer, &entry.key);
         result

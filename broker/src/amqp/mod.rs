@@ -11,6 +11,7 @@
 //! | `queue_type` | `quorum` | `quorum` or `classic`, for the shard and dead-letter queues |
 //! | `prefetch` | 64 | unacked deliveries per shard consumer |
 //! | `key_window` | 64 | unsettled deliveries of one room a stream hands out at once (a busy room goes to the worker in batches) |
+//! | `pack` | 64 | most inbound records of one room packed into one message (1: no packing, every record its own message, pipelined) |
 //! | `confirm_timeout_ms` | 10000 | longest wait for a publisher confirm |
 //! | `op_timeout_ms` | 15000 | longest wait for connecting, declaring, binding |
 //! | `reconnect_max_ms` | 10000 | longest pause between reconnection attempts |
@@ -25,7 +26,10 @@
 //! Declared (idempotently) on every connection:
 //! - `{prefix}.events`: durable direct exchange of the inbound stream. A record goes with
 //!   routing key = its shard, FNV-1a of the room modulo `shards`, and its room in the
-//!   `roomcast-key` header; persistent (delivery mode 2), mandatory, confirmed.
+//!   `roomcast-key` header; persistent (delivery mode 2), mandatory, confirmed. A room's
+//!   records published while its previous message awaits its confirm go together as one
+//!   message (its number of records in the `roomcast-records` header, each record framed by
+//!   a 4-byte big-endian length).
 //! - `{prefix}.events.{0..shards}`: durable quorum queues with
 //!   `x-single-active-consumer`, bound by shard number.
 //! - `{prefix}.fanout`: durable direct exchange of fan-out messages, routing key = room,
@@ -46,6 +50,10 @@
 //! a stream that joins later waits for another to leave (RabbitMQ 3.10 does not move an active
 //! consumer), so run at least as many workers as needed for capacity and expect the first to
 //! start to take the shards it reaches first.
+//!
+//! A packed message is split back into its records as it arrives; it is acked at RabbitMQ
+//! with its last record, so a stream lost with part of a pack acked gives the whole pack back
+//! (the worker's store deduplicates).
 //!
 //! Within a stream, deliveries wait in a buffer (up to `prefetch` per shard) and are handed out
 //! in arrival order, at most `key_window` unsettled deliveries per room. An ack goes to
@@ -79,6 +87,7 @@ mod config;
 mod fanout;
 mod inbound;
 mod link;
+mod pack;
 
 use crate::{
     Broker, BrokerError, DeadLetterSink, EventConsumer, EventPublisher, EventStream,
@@ -90,6 +99,7 @@ use config::AmqpConfig;
 use inbound::{AmqpStream, Outgoing, publish_confirmed, start_confirmed};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use link::{Shared, open_session};
+use pack::Packer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -153,16 +163,19 @@ pub async fn delete_topology(url: &str) -> Result<(), BrokerError> {
 /// The RabbitMQ backend; see the [module documentation](self).
 struct AmqpBroker {
     shared: Arc<Shared>,
+    packer: Arc<Packer>,
     supervisor: tokio::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 impl AmqpBroker {
     async fn connect(url: &str) -> Result<Self, BrokerError> {
         let config = AmqpConfig::parse(url)?;
+        let config_pack = config.pack;
         let session = open_session(&config, 1).await?;
         let shared = Arc::new(Shared::new(config, session.clone()));
         let supervisor = tokio::spawn(link::supervise(shared.clone(), session));
         Ok(AmqpBroker {
+            packer: Arc::new(Packer::new(config_pack)),
             shared,
             supervisor: tokio::sync::Mutex::new(Some(supervisor)),
         })
@@ -182,12 +195,16 @@ impl EventPublisher for AmqpBroker {
         self.start_publish(key, payload).await?.await
     }
 
-    /// The message's place is fixed once it is handed to the shared publishing channel.
+    /// The record's place is fixed once it is queued for its room's next message.
     async fn start_publish(
         &self,
         key: &str,
         payload: Bytes,
     ) -> Result<crate::PendingPublish, BrokerError> {
+        if self.shared.config.pack > 1 {
+            return self.packer.start(&self.shared, key, payload);
+        }
+        // No packing: every record is a message of its own, pipelined on the channel.
         let shard = self.shared.config.shard_of(key).to_string();
         start_confirmed(
             &self.shared,
@@ -195,6 +212,7 @@ impl EventPublisher for AmqpBroker {
                 exchange: &self.shared.config.events_exchange(),
                 routing_key: &shard,
                 key: Some(key),
+                records: None,
                 payload: &payload,
                 persistent: true,
                 mandatory: true,
@@ -222,6 +240,7 @@ impl DeadLetterSink for AmqpBroker {
                 exchange: &self.shared.config.dead_letters(),
                 routing_key: "",
                 key: Some(key),
+                records: None,
                 payload: &payload,
                 persistent: true,
                 mandatory: true,
@@ -255,6 +274,7 @@ impl FanoutPublisher for AmqpBroker {
                 exchange: &self.shared.config.fanout_exchange(),
                 routing_key: room,
                 key: None,
+                records: None,
                 payload: &payload,
                 persistent: false,
                 mandatory: false,
