@@ -19,9 +19,10 @@
 //!    A record stays in the stream until a consumer acks it; a record delivered but never acked
 //!    (nack, consumer dropped, process crash, restart) is delivered again. Consumers must
 //!    therefore be idempotent (the worker deduplicates by event id). A backend may store
-//!    several records of one key as one broker message (RabbitMQ packs a room's concurrent
-//!    publishes); such a message leaves the stream once all its records are acked, so when a
-//!    stream is lost with only some of them acked, all of them are delivered again, in order.
+//!    several records of one key as one broker message (RabbitMQ and Kafka pack a room's
+//!    concurrent publishes); such a message leaves the stream once all its records are acked,
+//!    so when a stream is lost with only some of them acked, all of them are delivered again,
+//!    in order (on Kafka also when one of them is nacked).
 //! 3. Order per key: records published with the same key (the room) are delivered in publish
 //!    order, and a key is held by one stream at a time: while a stream has unacked deliveries
 //!    of a key, no other stream of the group receives any of that key's records. The holding
@@ -44,6 +45,7 @@ pub mod amqp;
 mod connect;
 pub mod embedded;
 pub mod kafka;
+mod pack;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
@@ -75,6 +77,21 @@ pub enum BrokerError {
     /// The broker, stream or subscription was closed.
     #[error("broker closed")]
     Closed,
+}
+
+impl BrokerError {
+    /// The same failure again, for each of several operations that one failure ended (the
+    /// records of a pack, the events of a fan-out record); a storage error is carried as its
+    /// text.
+    pub fn duplicate(&self) -> BrokerError {
+        match self {
+            BrokerError::Unavailable(m) => BrokerError::Unavailable(m.clone()),
+            BrokerError::Rejected(m) => BrokerError::Rejected(m.clone()),
+            BrokerError::Config(m) => BrokerError::Config(m.clone()),
+            BrokerError::Closed => BrokerError::Closed,
+            BrokerError::Storage(e) => BrokerError::Unavailable(e.to_string()),
+        }
+    }
 }
 
 /// A publish whose place in its key's order is fixed and whose durability is still pending:

@@ -345,3 +345,213 @@ async fn rebalances_keep_order_and_ack_every_record_once() {
     drop(stream);
     broker.close().await;
 }
+
+/// The number of records in partition 0 of `topic` (its high watermark).
+async fn records_in(url: &str, topic: &str) -> i64 {
+    let bootstrap = url
+        .strip_prefix("kafka://")
+        .and_then(|rest| rest.split(['?', '/']).next())
+        .unwrap_or_default()
+        .to_owned();
+    let topic = topic.to_owned();
+    tokio::task::spawn_blocking(move || {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", &bootstrap)
+            .create()
+            .expect("a metadata client");
+        let (low, high) = consumer
+            .fetch_watermarks(&topic, 0, Duration::from_secs(10))
+            .expect("watermarks");
+        high - low
+    })
+    .await
+    .expect("watermarks task")
+}
+
+/// Waits for `future`, failing the test after a minute.
+async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(60), future)
+        .await
+        .unwrap_or_else(|_| panic!("{what} took more than a minute"))
+}
+
+/// A room's concurrent publishes travel as packed Kafka records: consumers and replays get them
+/// back one by one, in order; a stream lost with part of a pack acked gives the whole pack
+/// back, and nothing else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rooms_concurrent_publishes_travel_packed() {
+    use roomcast_broker::kafka::replay::{KafkaReplay, ReplayStart};
+    let Some(url) = kafka_test_url().await else {
+        return;
+    };
+    let prefix = unique("rc");
+    let url = with_settings(
+        &url,
+        &format!("prefix={prefix}&partitions=1&key_window=1000&pack=16&pack_window=2"),
+    );
+    let broker = roomcast_broker::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let rooms = [unique("room-a"), unique("room-b")];
+    let mut pending = Vec::new();
+    for n in 1..=100 {
+        for key in &rooms {
+            pending.push(
+                broker
+                    .start_publish(key, record(key, n))
+                    .await
+                    .expect("start publish"),
+            );
+        }
+    }
+    for result in within("the publishes", futures_util::future::join_all(pending)).await {
+        result.expect("stored");
+    }
+    let stored = records_in(&url, &format!("{prefix}.events")).await;
+    assert!(
+        (2 * 100 / 16..=100).contains(&stored),
+        "200 records went as {stored} Kafka records"
+    );
+
+    // A replay reads them one by one, in order per room.
+    let mut replay = KafkaReplay::open(&url, &ReplayStart::Beginning)
+        .await
+        .unwrap_or_else(|e| panic!("replay: {e}"));
+    let mut replayed = Vec::new();
+    loop {
+        let batch = within("a replay batch", replay.next_batch(64))
+            .await
+            .expect("replay batch");
+        if batch.is_empty() {
+            break;
+        }
+        replayed.extend(batch.into_iter().map(|r| parse_record(&r.payload)));
+    }
+    for key in &rooms {
+        let numbers: Vec<u32> = replayed
+            .iter()
+            .filter(|(k, _)| k == key)
+            .map(|(_, n)| *n)
+            .collect();
+        assert_eq!(numbers, (1..=100).collect::<Vec<_>>(), "replayed {key}");
+    }
+
+    let group = unique("group");
+    let mut first = broker.consume(&group).await.expect("consume");
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 200 {
+        deliveries.extend(
+            within("deliveries", first.next_batch(200))
+                .await
+                .expect("next_batch"),
+        );
+    }
+    for key in &rooms {
+        let numbers: Vec<u32> = deliveries
+            .iter()
+            .filter(|d| &d.key == key)
+            .map(|d| {
+                assert_eq!(d.attempt, 1);
+                let (record_key, n) = parse_record(&d.payload);
+                assert_eq!(&record_key, key);
+                n
+            })
+            .collect();
+        assert_eq!(numbers, (1..=100).collect::<Vec<_>>(), "{key}");
+    }
+    // Room B is acked in full, room A up to 50.
+    let (a, b): (Vec<_>, Vec<_>) = deliveries.into_iter().partition(|d| d.key == rooms[0]);
+    let mut a = a.into_iter();
+    let acks = b.into_iter().chain(a.by_ref().take(50)).map(|d| d.ack());
+    for result in futures_util::future::join_all(acks).await {
+        result.expect("ack");
+    }
+    drop(a);
+    drop(first);
+
+    // Room A comes back from the start of the pack that holds record 51, to the end.
+    let mut second = broker.consume(&group).await.expect("consume");
+    let mut back: Vec<u32> = Vec::new();
+    while back.last() != Some(&100) {
+        for delivery in within("redeliveries", second.next_batch(200))
+            .await
+            .expect("next_batch")
+        {
+            let (key, n) = parse_record(&delivery.payload);
+            assert_eq!(key, rooms[0], "a fully acked room came back");
+            assert_eq!(delivery.attempt, 2);
+            back.push(n);
+            delivery.ack().await.expect("ack");
+        }
+    }
+    let from = back[0];
+    assert!(from <= 51, "record 51 was not delivered again: {back:?}");
+    assert!(51 - from < 16, "more than a pack came back early: {back:?}");
+    assert_eq!(back, (from..=100).collect::<Vec<_>>());
+    assert!(
+        tokio::time::timeout(Duration::from_secs(2), second.next_batch(1))
+            .await
+            .is_err(),
+        "a record was delivered twice"
+    );
+    drop(second);
+    broker.close().await;
+}
+
+/// A record from another producer that says it is packed but whose framing does not add up
+/// is handed out whole, as one record (the worker then dead-letters it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_malformed_pack_is_handed_out_whole() {
+    use rdkafka::message::{Header, OwnedHeaders};
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    let Some(url) = kafka_test_url().await else {
+        return;
+    };
+    let prefix = unique("rc");
+    let url = with_settings(&url, &format!("prefix={prefix}&partitions=1"));
+    let broker = roomcast_broker::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let bootstrap = url
+        .strip_prefix("kafka://")
+        .and_then(|rest| rest.split(['?', '/']).next())
+        .unwrap_or_default()
+        .to_owned();
+    let producer: FutureProducer = ClientConfig::new()
+        .set("bootstrap.servers", &bootstrap)
+        .create()
+        .expect("a producer");
+    let body = b"\x00\x00\x00\x02{}not three records";
+    for count in ["3", "three"] {
+        producer
+            .send(
+                FutureRecord::to(&format!("{prefix}.events"))
+                    .key("lobby")
+                    .payload(&body[..])
+                    .headers(OwnedHeaders::new().insert(Header {
+                        key: "roomcast-records",
+                        value: Some(count),
+                    })),
+                Duration::from_secs(10),
+            )
+            .await
+            .unwrap_or_else(|(e, _)| panic!("produce: {e}"));
+    }
+    let mut stream = broker.consume(&unique("group")).await.expect("consume");
+    let mut deliveries = Vec::new();
+    while deliveries.len() < 2 {
+        deliveries.extend(
+            within("deliveries", stream.next_batch(10))
+                .await
+                .expect("next_batch"),
+        );
+    }
+    assert_eq!(deliveries.len(), 2, "each record is one delivery");
+    for delivery in deliveries {
+        assert_eq!(delivery.key, "lobby");
+        assert_eq!(&delivery.payload[..], &body[..]);
+        delivery.ack().await.expect("ack");
+    }
+    drop(stream);
+    broker.close().await;
+}

@@ -562,7 +562,7 @@ impl Worker {
         let mut outcomes: Vec<(usize, u64, Result<(), BrokerError>)> = Vec::new();
         for (items, result) in results {
             for (index, seq) in items {
-                let result = result.as_ref().map_err(same_error).copied();
+                let result = result.as_ref().map_err(BrokerError::duplicate).copied();
                 outcomes.push((index, seq, result));
             }
         }
@@ -695,18 +695,6 @@ impl Worker {
             retries.schedule(later, self.config.backoff(retry_attempt.max(1)));
         }
         self.counters.send_modify(|counters| counters.add(&tally));
-    }
-}
-
-/// `error` again, for each event of a fan-out record that failed (a database error as its
-/// text).
-fn same_error(error: &BrokerError) -> BrokerError {
-    match error {
-        BrokerError::Unavailable(m) => BrokerError::Unavailable(m.clone()),
-        BrokerError::Rejected(m) => BrokerError::Rejected(m.clone()),
-        BrokerError::Config(m) => BrokerError::Config(m.clone()),
-        BrokerError::Closed => BrokerError::Closed,
-        BrokerError::Storage(e) => BrokerError::Unavailable(e.to_string()),
     }
 }
 

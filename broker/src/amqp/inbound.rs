@@ -3,7 +3,7 @@
 use super::acks::Acks;
 use super::config::QueueType;
 use super::link::Shared;
-use super::pack::{self, RECORDS_HEADER};
+use crate::pack::{self, RECORDS_HEADER};
 use crate::{BrokerError, Delivery, EventStream, Settle};
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -87,8 +87,8 @@ mod config;
 mod fanout;
 mod inbound;
 mod link;
-mod pack;
 
+use crate::pack::{Outbound, Packer, Sender};
 use crate::{
     Broker, BrokerError, DeadLetterSink, EventConsumer, EventPublisher, EventStream,
     FanoutPublisher, FanoutSource, FanoutSubscription,
@@ -99,7 +99,6 @@ use config::AmqpConfig;
 use inbound::{AmqpStream, Outgoing, publish_confirmed, start_confirmed};
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
 use link::{Shared, open_session};
-use pack::Packer;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -175,11 +174,36 @@ impl AmqpBroker {
         let shared = Arc::new(Shared::new(config, session.clone()));
         let supervisor = tokio::spawn(link::supervise(shared.clone(), session));
         Ok(AmqpBroker {
-            packer: Arc::new(Packer::new(config_pack)),
+            packer: Arc::new(Packer::new(config_pack, 1, packed_sender(&shared))),
             shared,
             supervisor: tokio::sync::Mutex::new(Some(supervisor)),
         })
     }
+}
+
+/// Publishes the packer's messages on the shared confirm channel.
+fn packed_sender(shared: &Arc<Shared>) -> Sender {
+    let shared = shared.clone();
+    Arc::new(move |out: Outbound| {
+        let shared = shared.clone();
+        Box::pin(async move {
+            let exchange = shared.config.events_exchange();
+            let shard = shared.config.shard_of(&out.key).to_string();
+            start_confirmed(
+                &shared,
+                Outgoing {
+                    exchange: &exchange,
+                    routing_key: &shard,
+                    key: Some(&out.key),
+                    records: out.records,
+                    payload: &out.body,
+                    persistent: true,
+                    mandatory: true,
+                },
+            )
+            .await
+        })
+    })
 }
 
 impl Drop for AmqpBroker {
@@ -202,7 +226,9 @@ impl EventPublisher for AmqpBroker {
         payload: Bytes,
     ) -> Result<crate::PendingPublish, BrokerError> {
         if self.shared.config.pack > 1 {
-            return self.packer.start(&self.shared, key, payload);
+            // Fail at once while the connection is down.
+            self.shared.session()?;
+            return Ok(self.packer.start(key, payload));
         }
         // No packing: every record is a message of its own, pipelined on the channel.
         let shard = self.shared.config.shard_of(key).to_string();

@@ -42,6 +42,9 @@ struct Loaded {
     attempts: HashMap<i32, HashMap<i64, u32>>,
     /// Offsets acked above the committed position, as left by the previous owner.
     acked: HashMap<i32, BTreeSet<i64>>,
+    /// The previous owner's position: every offset below it is acked, even when its last
+    /// commit failed (a rebalance under way, say).
+    acked_below: HashMap<i32, i64>,
 }
 
 /// A fetched record.
@@ -49,7 +52,9 @@ struct Loaded {
 struct Record {
     offset: i64,
     key: Arc<str>,
-    payload: Bytes,
+    /// The record's payload, or the records packed into it: each is a delivery of its own,
+    /// and the offset is acked with the last of them.
+    payloads: Arc<[Bytes]>,
     /// The first record fetched after the partition was assigned: it may have been
     /// delivered before by another stream or process.
     resume: bool,
@@ -83,6 +88,8 @@ struct Part {
     /// Offsets the previous owner acked above its committed position (from the commit
     /// metadata): skipped when fetched.
     skip: BTreeSet<i64>,
+    /// Offsets below this one were acked by an earlier owner: skipped when fetched.
+    skip_below: i64,
     /// Whether acks happened since the last commit.
     changed: bool,
 }
@@ -117,6 +124,7 @@ impl Part {
                     ..record.clone()
                 },
                 token,
+                unacked: record.payloads.len(),
             },
         );
         *self.busy.entry(record.key.clone()).or_insert(0) += 1;
@@ -169,6 +177,8 @@ impl Part {
 struct Handed {
     record: Record,
     token: u64,
+    /// Its deliveries not acked yet (several for a packed record).
+    unacked: usize,
 }
 
 #[derive(Default)]
@@ -265,9 +275,17 @@ impl StreamShared {
         let tombstone = {
             let mut state = lock(&self.state);
             let part = owned_part(&mut state, partition, generation)?;
-            if part.take_delivered(offset, token).is_none() {
-                return Err(BrokerError::Rejected("delivery already settled".into()));
+            match part.delivered.get_mut(&offset) {
+                Some(handed) if handed.token == token => {
+                    handed.unacked = handed.unacked.saturating_sub(1);
+                    if handed.unacked > 0 {
+                        // A packed record is acked with its last delivery.
+                        return Ok(());
+                    }
+                }
+                _ => return Err(BrokerError::Rejected("delivery already settled".into())),
             }
+            part.take_delivered(offset, token);
             part.unacked.remove(&offset);
             part.acked.insert(offset);
             part.changed = true;
@@ -389,6 +407,7 @@ impl ConsumerContext for Context {
                         .flatten()
                         .copied()
                         .collect(),
+                    skip_below: counters.acked_below.get(partition).copied().unwrap_or(0),
                     changed: false,
                 };
                 if let Some(old) = state.parts.insert(*partition, part) {
@@ -486,11 +505,10 @@ impl Context {
                         &mut part,
                     );
                 }
-                // The offsets acked above the position, for the next owner (brokers need not
-                // return commit metadata).
-                if let Some((position, acked)) = part.commit_entry()
-                    && !acked.is_empty()
-                {
+                // The position and the offsets acked above it, for the next owner: brokers need
+                // not return commit metadata, and the commit below can fail (a rebalance under
+                // way), which would otherwise make the next owner deliver acked records again.
+                if let Some((position, acked)) = part.commit_entry() {
                     counters.push((
                         *partition,
                         self.stream.acked_key(*partition),
@@ -653,13 +671,18 @@ impl Context {
                     }
                     let value = message.payload().and_then(|v| std::str::from_utf8(v).ok());
                     if what == "acked" {
-                        let acked = value
+                        let Some((position, acked)) = value
                             .and_then(|v| v.split_once(':'))
                             .and_then(|(position, acked)| {
-                                Some(decode_acked(position.parse().ok()?, acked))
+                                let position = position.parse::<i64>().ok()?;
+                                Some((position, decode_acked(position, acked)))
                             })
-                            .unwrap_or_default();
+                        else {
+                            continue;
+                        };
                         counters.acked.insert(partition, acked);
+                        let below = counters.acked_below.entry(partition).or_insert(position);
+                        *below = (*below).max(position);
                         continue;
                     }
                     let Ok(offset) = what.parse::<i64>() else {
@@ -769,7 +792,8 @@ impl KafkaStream {
         Ok(KafkaStream { shared })
     }
 
-    /// Picks up to `max` records to hand out, marking them delivered.
+    /// Picks records of up to `max` deliveries to hand out (a packed record is several; one
+    /// larger than `max` is picked alone), marking them delivered.
     fn pick(&self, max: usize) -> Result<Vec<Picked>, BrokerError> {
         let mut state = lock(&self.shared.state);
         if let Some(failure) = &state.failure {
@@ -790,8 +814,9 @@ impl KafkaStream {
         partitions.rotate_left(start);
         let window = self.shared.broker.settings.key_window;
         let mut picked = Vec::new();
+        let mut deliveries = 0;
         for partition in partitions {
-            if picked.len() >= max {
+            if deliveries >= max {
                 break;
             }
             let Some(part) = state.parts.get_mut(&partition) else {
@@ -799,7 +824,7 @@ impl KafkaStream {
             };
             let mut blocked: HashSet<Arc<str>> = HashSet::new();
             let mut index = 0;
-            while index < part.pending.len().min(SCAN) && picked.len() < max {
+            while index < part.pending.len().min(SCAN) && deliveries < max {
                 let key = &part.pending[index].key;
                 let busy = part.busy.get(key).copied().unwrap_or(0);
                 if busy >= window || blocked.contains(key) {
@@ -807,6 +832,14 @@ impl KafkaStream {
                     index += 1;
                     continue;
                 }
+                let size = part.pending[index].payloads.len();
+                if deliveries > 0 && deliveries + size > max {
+                    // Too large for this batch; so are the key's later records.
+                    blocked.insert(key.clone());
+                    index += 1;
+                    continue;
+                }
+                deliveries += size;
                 let Some(record) = part.pending.remove(index) else {
                     break;
                 };
@@ -929,20 +962,20 @@ impl EventStream for KafkaStream {
                     }
                 }
                 let picked = std::mem::take(&mut handover.picked);
-                return Ok(picked
-                    .into_iter()
-                    .map(|picked| {
-                        let Picked {
-                            partition,
-                            generation,
-                            token,
-                            attempt,
-                            record,
-                            ..
-                        } = picked;
-                        Delivery::new(
+                let mut deliveries = Vec::new();
+                for picked in picked {
+                    let Picked {
+                        partition,
+                        generation,
+                        token,
+                        attempt,
+                        record,
+                        ..
+                    } = picked;
+                    for payload in record.payloads.iter() {
+                        deliveries.push(Delivery::new(
                             record.key.to_string(),
-                            record.payload,
+                            payload.clone(),
                             attempt,
                             Box::new(KafkaSettle {
                                 stream: self.shared.clone(),
@@ -952,9 +985,10 @@ impl EventStream for KafkaStream {
                                 token,
                                 settled: false,
                             }),
-                        )
-                    })
-                    .collect());
+                        ));
+                    }
+                }
+                return Ok(deliveries);
             }
             tokio::select! {
                 () = notified => {}
@@ -1025,6 +1059,7 @@ fn run(consumer: BaseConsumer<Context>, shared: Arc<StreamShared>, token: TaskTr
                     None => Arc::from(""),
                 };
                 let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+                let payloads: Arc<[Bytes]> = super::unpack(message.headers(), &key, payload).into();
                 drop(message);
                 let mut state = lock(&shared.state);
                 let Some(part) = state.parts.get_mut(&partition) else {
@@ -1033,7 +1068,7 @@ fn run(consumer: BaseConsumer<Context>, shared: Arc<StreamShared>, token: TaskTr
                 if part.next_fetch.is_some_and(|next| offset < next) {
                     continue;
                 }
-                if part.skip.remove(&offset) {
+                if part.skip.remove(&offset) || offset < part.skip_below {
                     // Acked by the previous owner: stays acked.
                     part.next_fetch = Some(offset + 1);
                     part.acked.insert(offset);
@@ -1045,7 +1080,7 @@ fn run(consumer: BaseConsumer<Context>, shared: Arc<StreamShared>, token: TaskTr
                 part.pending.push_back(Record {
                     offset,
                     key,
-                    payload,
+                    payloads,
                     resume,
                 });
                 state.buffered += 1;

@@ -23,6 +23,8 @@
 //! | `fanout_buffer` | `4096` | messages buffered per fan-out subscription before it yields a gap |
 //! | `key_window` | `64` | unsettled deliveries of one key a stream may hold (in order; see below) |
 //! | `fetch_wait_ms` | `100` | consumer `fetch.wait.max.ms`: how long the broker may hold a fetch that finds no new records |
+//! | `pack` | `64` | most inbound records of one room packed into one Kafka record (1: no packing) |
+//! | `pack_window` | `1` | inbound Kafka records of one room awaiting their delivery reports while later ones wait to be packed |
 //!
 //! Unknown settings and out-of-range values are [`BrokerError::Config`] errors.
 //!
@@ -42,7 +44,16 @@
 //! produce request (a large `batch.size` so that batches are closed by the linger, not by
 //! size) while adding at most 2 ms to a publish's latency; under load the in-flight requests
 //! (up to 5 per connection with idempotence, keeping order) carry larger batches. LZ4
-//! compresses batches. A publish that cannot be stored within `message_timeout_ms` (broker
+//! compresses batches.
+//!
+//! Inbound publishes are packed (`crate::pack`): a room has at most `pack_window` inbound
+//! Kafka records awaiting their delivery reports; the room's records published while the
+//! window is full wait and go out together, in order, as one Kafka record with the
+//! `roomcast-records` header (up to `pack` records and 1 MiB), each confirmed by that record's
+//! delivery report. An idle room's record goes out at once, alone (a plain record, as other
+//! services publish). Packing cuts the broker's work per event, which is largely per record.
+//!
+//! A publish that cannot be stored within `message_timeout_ms` (broker
 //! down, no leader) fails with [`BrokerError::Unavailable`]; it never reports a false
 //! success. A record the broker refuses (too large, not authorised) is
 //! [`BrokerError::Rejected`].
@@ -51,9 +62,14 @@
 //! Each stream is a consumer of its group (`cooperative-sticky` assignment, auto commit off,
 //! `auto.offset.reset=earliest`) polled by a thread of its own, which keeps the fetched
 //! records of the stream's partitions in memory (fetching pauses when many are buffered):
+//! - **Packs.** A Kafka record with the `roomcast-records` header is split into its records,
+//!   each a delivery of its own; its offset counts as acked once all of them are. A nack of
+//!   one, or a stream lost with some of them unacked, gives all of them back (the consumer
+//!   deduplicates the ones it had acked). A record whose framing does not add up is handed out
+//!   whole.
 //! - **Order per key.** A key's records are in one partition, which one stream owns at a
 //!   time. A stream hands out a key's records in order, and at most `key_window` of them
-//!   unsettled at once (so a busy room's records go through in batches; with 1, a key's next
+//!   unsettled at once (a packed Kafka record counts once; so a busy room's records go through in batches; with 1, a key's next
 //!   record waits for the previous one's ack). A nacked record goes back in front of its key's
 //!   later records without re-fetching, together with the key's later deliveries still in
 //!   hand, which can then no longer be acked (their nack is a no-op), so the key's records
@@ -63,8 +79,10 @@
 //!   partitions are revoked and when a stream ends. The offsets acked above the committed one
 //!   travel in the commit's metadata (`roomcast-acked:` ranges, up to 3,500 bytes) and, when a
 //!   stream gives partitions up, in a `partition/acked/group` record of `{prefix}.attempts`
-//!   (for brokers that do not return commit metadata); the next owner skips them, so an acked
-//!   record is not delivered again after a rebalance or restart.
+//!   together with the position (for brokers that do not return commit metadata, and for a
+//!   last commit that fails because a rebalance is under way); the next owner skips them and
+//!   everything below that position, so an acked record is not delivered again after a
+//!   rebalance or restart.
 //! - **Rebalances.** When partitions are revoked, the stream stops handing out their records
 //!   and waits (up to `revoke_timeout_ms`) until their deliveries are settled, so that a key is
 //!   never held by two streams, then commits. After the timeout the deliveries can no longer
@@ -92,6 +110,7 @@ mod fanout;
 pub mod replay;
 mod settings;
 
+use crate::pack::{self, Outbound, Packer, RECORDS_HEADER, Sender};
 use crate::{
     Broker, BrokerError, DeadLetterSink, EventConsumer, EventPublisher, EventStream,
     FanoutPublisher, FanoutSource, FanoutSubscription,
@@ -102,6 +121,7 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use settings::Settings;
 use std::sync::Arc;
@@ -138,6 +158,8 @@ pub(crate) struct Shared {
 /// The Kafka backend; see the module documentation.
 pub struct KafkaBroker {
     shared: Arc<Shared>,
+    /// Packs a room's concurrent inbound publishes; `None` with `pack=1`.
+    packer: Option<Arc<Packer>>,
 }
 
 impl std::fmt::Debug for KafkaBroker {
@@ -172,19 +194,25 @@ impl KafkaBroker {
         ] {
             partitions.push(partition_count(&producer, topic, &settings).await?);
         }
-        Ok(Arc::new(KafkaBroker {
-            shared: Arc::new(Shared {
-                attempts_partitions: partitions[3],
-                settings,
-                producer,
-                events_topic,
-                fanout_topic,
-                dead_letter_topic,
-                attempts_topic,
-                closed: CancellationToken::new(),
-                streams: TaskTracker::new(),
-            }),
-        }))
+        let shared = Arc::new(Shared {
+            attempts_partitions: partitions[3],
+            settings,
+            producer,
+            events_topic,
+            fanout_topic,
+            dead_letter_topic,
+            attempts_topic,
+            closed: CancellationToken::new(),
+            streams: TaskTracker::new(),
+        });
+        let packer = (shared.settings.pack > 1).then(|| {
+            Arc::new(Packer::new(
+                shared.settings.pack,
+                shared.settings.pack_window,
+                packed_sender(&shared),
+            ))
+        });
+        Ok(Arc::new(KafkaBroker { shared, packer }))
     }
 
     async fn produce(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), BrokerError> {
@@ -196,6 +224,52 @@ impl KafkaBroker {
 }
 
 impl Shared {
+    /// Queues a record in the producer and returns the wait for its delivery report; when the
+    /// producer's queue is full, waits for room first (keeping the caller's order). `records`
+    /// is the number of records packed into `payload`, when several.
+    async fn start_produce(
+        &self,
+        topic: String,
+        key: &str,
+        records: Option<u32>,
+        payload: Bytes,
+    ) -> Result<crate::PendingPublish, BrokerError> {
+        let queued = {
+            let mut record = FutureRecord::to(&topic).key(key).payload(&payload[..]);
+            if let Some(records) = records {
+                record = record.headers(records_header(records));
+            }
+            self.producer
+                .send_result(record)
+                .map_err(|(error, _)| error)
+        };
+        match queued {
+            Ok(delivery) => Ok(Box::pin(async move {
+                match delivery.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err((error, _))) => Err(produce_error(&topic, &error)),
+                    Err(_) => Err(BrokerError::Unavailable(
+                        "the Kafka producer dropped a publish".into(),
+                    )),
+                }
+            })),
+            Err(_) => {
+                let mut record = FutureRecord::to(&topic).key(key).payload(&payload[..]);
+                if let Some(records) = records {
+                    record = record.headers(records_header(records));
+                }
+                match self
+                    .producer
+                    .send(record, self.settings.message_timeout())
+                    .await
+                {
+                    Ok(_) => Ok(Box::pin(std::future::ready(Ok(())))),
+                    Err((error, _)) => Err(produce_error(&topic, &error)),
+                }
+            }
+        }
+    }
+
     /// Produces one record and waits for its delivery report.
     async fn produce(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), BrokerError> {
         let record = FutureRecord::to(topic).key(key).payload(payload);
@@ -208,6 +282,38 @@ impl Shared {
             Err((error, _)) => Err(produce_error(topic, &error)),
         }
     }
+}
+
+/// The header of a record that packs `records` records (their number as decimal text).
+fn records_header(records: u32) -> OwnedHeaders {
+    OwnedHeaders::new().insert(Header {
+        key: RECORDS_HEADER,
+        value: Some(records.to_string().as_bytes()),
+    })
+}
+
+/// The records of a fetched record: the record itself, or the records packed into it when it
+/// has the [`RECORDS_HEADER`] header (a record whose framing does not add up is handed out
+/// whole).
+fn unpack(headers: Option<&BorrowedHeaders>, key: &str, payload: Bytes) -> Vec<Bytes> {
+    let Some(header) = headers.and_then(|h| h.iter().find(|h| h.key == RECORDS_HEADER)) else {
+        return vec![payload];
+    };
+    // An unreadable count is 0, which no framing adds up to.
+    let count = header
+        .value
+        .and_then(|value| std::str::from_utf8(value).ok())
+        .and_then(|text| text.parse::<u32>().ok())
+        .unwrap_or(0);
+    pack::split(&payload, count).unwrap_or_else(|| {
+        tracing::warn!(
+            key,
+            count,
+            bytes = payload.len(),
+            "a packed record's framing does not add up; handing it out whole"
+        );
+        vec![payload]
+    })
 }
 
 /// Maps a produce failure: refusals of the record itself are `Rejected`, the rest (timeouts,
@@ -354,24 +460,29 @@ async fn partition_count(
 #[async_trait]
 impl EventPublisher for KafkaBroker {
     async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.produce(&self.shared.events_topic, key, &payload).await
+        self.start_publish(key, payload).await?.await
     }
 
-    /// The record's place is fixed once it is in the producer's queue of its partition (the
-    /// idempotent producer keeps that order); the future waits for its delivery report.
+    /// The record's place is fixed once it is queued for its room's next message (or, with
+    /// `pack=1`, in the producer's queue of its partition: the idempotent producer keeps that
+    /// order); the future waits for the delivery report of the message that carries it.
     async fn start_publish(
         &self,
         key: &str,
         payload: Bytes,
     ) -> Result<crate::PendingPublish, BrokerError> {
+        if let Some(packer) = &self.packer {
+            if self.shared.closed.is_cancelled() {
+                return Err(BrokerError::Closed);
+            }
+            return Ok(packer.start(key, payload));
+        }
         let topic = self.shared.events_topic.clone();
         self.start_produce(topic, key, payload).await
     }
 }
 
 impl KafkaBroker {
-    /// Queues a record in the producer and returns the wait for its delivery report; when the
-    /// producer's queue is full, waits for room first (keeping the caller's order).
     async fn start_produce(
         &self,
         topic: String,
@@ -381,29 +492,23 @@ impl KafkaBroker {
         if self.shared.closed.is_cancelled() {
             return Err(BrokerError::Closed);
         }
-        let queued = {
-            let record = FutureRecord::to(&topic).key(key).payload(&payload[..]);
-            self.shared
-                .producer
-                .send_result(record)
-                .map_err(|(error, _)| error)
-        };
-        match queued {
-            Ok(delivery) => Ok(Box::pin(async move {
-                match delivery.await {
-                    Ok(Ok(_)) => Ok(()),
-                    Ok(Err((error, _))) => Err(produce_error(&topic, &error)),
-                    Err(_) => Err(BrokerError::Unavailable(
-                        "the Kafka producer dropped a publish".into(),
-                    )),
-                }
-            })),
-            Err(_) => {
-                self.produce(&topic, key, &payload).await?;
-                Ok(Box::pin(std::future::ready(Ok(()))))
-            }
-        }
+        self.shared.start_produce(topic, key, None, payload).await
     }
+}
+
+/// Produces the packer's messages to the inbound topic.
+fn packed_sender(shared: &Arc<Shared>) -> Sender {
+    let shared = Arc::downgrade(shared);
+    Arc::new(move |out: Outbound| {
+        let shared = shared.upgrade();
+        Box::pin(async move {
+            let shared = shared.ok_or(BrokerError::Closed)?;
+            let topic = shared.events_topic.clone();
+            shared
+                .start_produce(topic, &out.key, out.records, out.body)
+                .await
+        })
+    })
 }
 
 #[async_trait]

@@ -160,7 +160,8 @@ impl FromStr for ReplayStart {
     }
 }
 
-/// A record of the inbound topic read by a replay.
+/// A record of the inbound topic read by a replay. The records a gateway packed into one Kafka
+/// record are read as records of their own, in their order, with that record's offset.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReplayRecord {
     /// The partition it was read from.
@@ -317,8 +318,8 @@ impl KafkaReplay {
         self.remaining.is_empty() && !self.interrupted
     }
 
-    /// The next records, at most `max` of them, in offset order per partition; empty once
-    /// every partition has been read to its end.
+    /// The next records, about `max` of them (a packed Kafka record's records come together),
+    /// in offset order per partition; empty once every partition has been read to its end.
     ///
     /// Fails with [`BrokerError::Unavailable`] when a partition that is not finished yields
     /// nothing for a minute, or with the consumer's fatal errors.
@@ -475,16 +476,20 @@ fn poll_batch(
                     }
                     left.not_before = None;
                 }
-                records.push(ReplayRecord {
-                    partition,
-                    offset,
-                    timestamp,
-                    key: message
-                        .key()
-                        .map(|key| String::from_utf8_lossy(key).into_owned())
-                        .unwrap_or_default(),
-                    payload: Bytes::copy_from_slice(message.payload().unwrap_or_default()),
-                });
+                let key = message
+                    .key()
+                    .map(|key| String::from_utf8_lossy(key).into_owned())
+                    .unwrap_or_default();
+                let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
+                for payload in super::unpack(message.headers(), &key, payload) {
+                    records.push(ReplayRecord {
+                        partition,
+                        offset,
+                        timestamp,
+                        key: key.clone(),
+                        payload,
+                    });
+                }
                 if offset + 1 >= end {
                     finish(consumer, topic, remaining, partition);
                 }

@@ -23,6 +23,8 @@ pub(crate) struct Settings {
     pub(crate) fanout_buffer: usize,
     pub(crate) key_window: u32,
     pub(crate) fetch_wait_ms: u64,
+    pub(crate) pack: usize,
+    pub(crate) pack_window: usize,
 }
 
 impl Default for Settings {
@@ -44,6 +46,8 @@ impl Default for Settings {
             fanout_buffer: 4096,
             key_window: 64,
             fetch_wait_ms: 100,
+            pack: 64,
+            pack_window: 1,
         }
     }
 }
@@ -143,13 +147,15 @@ impl Settings {
             "fanout_buffer" => self.fanout_buffer = number(name, value, 1, 10_000_000)?,
             "key_window" => self.key_window = number(name, value, 1, 100_000)?,
             "fetch_wait_ms" => self.fetch_wait_ms = number(name, value, 1, 60_000)?,
+            "pack" => self.pack = number(name, value, 1, 4096)?,
+            "pack_window" => self.pack_window = number(name, value, 1, 1024)?,
             _ => {
                 return Err(BrokerError::Config(format!(
                     "kafka URL: unknown setting `{name}`; known: prefix, partitions, \
                      replication, retention_ms, retention_bytes, fanout_retention_ms, \
                      create_topics, linger_ms, batch_size, message_timeout_ms, \
                      revoke_timeout_ms, session_timeout_ms, fanout_buffer, key_window, \
-                     fetch_wait_ms"
+                     fetch_wait_ms, pack, pack_window"
                 )));
             }
         }
@@ -233,6 +239,9 @@ mod tests {
         assert_eq!(defaults.prefix, "roomcast");
         assert_eq!(defaults.partitions, 16);
         assert_eq!(defaults.retention_ms, -1);
+        assert_eq!((defaults.pack, defaults.pack_window), (64, 1));
+        let packing = Settings::parse("kafka://h:1?pack=1&pack_window=16").expect("valid URL");
+        assert_eq!((packing.pack, packing.pack_window), (1, 16));
     }
 
     #[test]
@@ -245,6 +254,9 @@ mod tests {
             ("kafka://h:1?prefix=a/b", "prefix"),
             ("kafka://h:1?retention_ms=0", "retention_ms"),
             ("kafka://h:1?create_topics=maybe", "create_topics"),
+            ("kafka://h:1?pack=0", "pack must be"),
+            ("kafka://h:1?pack=4097", "pack must be"),
+            ("kafka://h:1?pack_window=0", "pack_window must be"),
             ("kafka://h:1?colour=blue", "unknown setting `colour`"),
             ("kafka://u:secret@h:1", "credentials"),
             ("amqp://h:1", "not a Kafka URL"),
