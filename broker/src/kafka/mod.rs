@@ -24,7 +24,7 @@
 //! | `key_window` | `64` | unsettled deliveries of one key a stream may hold (in order; see below) |
 //! | `fetch_wait_ms` | `100` | consumer `fetch.wait.max.ms`: how long the broker may hold a fetch that finds no new records |
 //! | `pack` | `64` | most inbound records of one room packed into one Kafka record (1: no packing) |
-//! | `pack_window` | `1` | inbound Kafka records of one room awaiting their delivery reports while later ones wait to be packed |
+//! | `pack_window` | `2` | inbound Kafka records of one room awaiting their delivery reports while later ones wait to be packed |
 //!
 //! Unknown settings and out-of-range values are [`BrokerError::Config`] errors.
 //!

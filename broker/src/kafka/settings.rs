@@ -47,7 +47,7 @@ impl Default for Settings {
             key_window: 64,
             fetch_wait_ms: 100,
             pack: 64,
-            pack_window: 1,
+            pack_window: 2,
         }
     }
 }
@@ -239,7 +239,7 @@ mod tests {
         assert_eq!(defaults.prefix, "roomcast");
         assert_eq!(defaults.partitions, 16);
         assert_eq!(defaults.retention_ms, -1);
-        assert_eq!((defaults.pack, defaults.pack_window), (64, 1));
+        assert_eq!((defaults.pack, defaults.pack_window), (64, 2));
         let packing = Settings::parse("kafka://h:1?pack=1&pack_window=16").expect("valid URL");
         assert_eq!((packing.pack, packing.pack_window), (1, 16));
     }
