@@ -357,7 +357,9 @@ async fn broker_connections_closed_processes_recover_without_false_acks() {
     };
     let room = unique("room");
     let (g1, g2) = (cluster.ws_url(1), cluster.ws_url(2));
-    let per_publisher = 250;
+    // About 10 s of publishing: the first outage (rabbitmqctl, one Erlang VM per connection
+    // closed, several seconds on a loaded machine) must come before the end of the stream.
+    let per_publisher = 600;
     let publishers = 4;
     let total = (per_publisher * publishers) as u64;
     let mut specs = Vec::new();
