@@ -310,6 +310,99 @@ pub async fn drain_more(
     tally
 }
 
+/// Starts the publishes `1..=per_key` of each of `keys` at once, interleaved (so a backend that
+/// packs a key's concurrent publishes packs them), and waits until all are confirmed.
+pub async fn publish_concurrently(broker: &dyn Broker, keys: &[String], per_key: u32) {
+    let mut pending = Vec::new();
+    for n in 1..=per_key {
+        for key in keys {
+            pending.push(
+                broker
+                    .start_publish(key, record(key, n))
+                    .await
+                    .unwrap_or_else(|e| panic!("start publish {key}#{n}: {e}")),
+            );
+        }
+    }
+    for result in within("the publishes", futures_util::future::join_all(pending)).await {
+        result.unwrap_or_else(|e| panic!("a publish failed: {e}"));
+    }
+}
+
+/// Checks what consumers see of what [`publish_concurrently`] published for `[a, b]`, with
+/// `per_key` records each (at least 2) and `pack` the most records of one packed message: a
+/// stream hands each key's records out in order, attempt 1; the stream is dropped after acking
+/// all of `b` and the first half of `a`; a new stream of the group gets `a` back from the
+/// start of the pack that holds `a`'s first unacked record (less than a pack early) to its
+/// last, attempt 2, and nothing else within `quiet`.
+pub async fn packs_come_back_whole(
+    broker: &dyn Broker,
+    keys: &[String; 2],
+    per_key: u32,
+    pack: u32,
+    quiet: Duration,
+) {
+    let group = unique("group");
+    let total = 2 * per_key as usize;
+    let mut first = broker.consume(&group).await.expect("consume");
+    let mut deliveries = Vec::new();
+    while deliveries.len() < total {
+        deliveries.extend(next_batch(first.as_mut(), total).await);
+    }
+    for key in keys {
+        let numbers: Vec<u32> = deliveries
+            .iter()
+            .filter(|d| &d.key == key)
+            .map(|d| {
+                assert_eq!(d.attempt, 1);
+                let (record_key, n) = parse_record(&d.payload);
+                assert_eq!(&record_key, key);
+                n
+            })
+            .collect();
+        assert_eq!(numbers, (1..=per_key).collect::<Vec<_>>(), "{key}");
+    }
+    let acked = per_key / 2;
+    let (a, b): (Vec<_>, Vec<_>) = deliveries.into_iter().partition(|d| d.key == keys[0]);
+    let mut a = a.into_iter();
+    let acks = b
+        .into_iter()
+        .chain(a.by_ref().take(acked as usize))
+        .map(ack);
+    futures_util::future::join_all(acks).await;
+    drop(a);
+    drop(first);
+
+    let unacked = acked + 1;
+    let mut second = broker.consume(&group).await.expect("consume");
+    let mut back: Vec<u32> = Vec::new();
+    while back.last() != Some(&per_key) {
+        for delivery in next_batch(second.as_mut(), total).await {
+            let (key, n) = parse_record(&delivery.payload);
+            assert_eq!(key, keys[0], "a fully acked key came back");
+            assert_eq!(delivery.attempt, 2);
+            back.push(n);
+            ack(delivery).await;
+        }
+    }
+    let from = back[0];
+    assert!(
+        from <= unacked,
+        "record {unacked} was not delivered again: {back:?}"
+    );
+    assert!(
+        unacked - from < pack,
+        "more than a pack came back early: {back:?}"
+    );
+    assert_eq!(back, (from..=per_key).collect::<Vec<_>>());
+    assert!(
+        tokio::time::timeout(quiet, second.next_batch(1))
+            .await
+            .is_err(),
+        "a record was delivered twice"
+    );
+}
+
 /// The contract tests; [`contract_tests!`](crate::contract_tests!) calls each of them from its
 /// own test.
 pub mod cases {

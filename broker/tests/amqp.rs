@@ -5,7 +5,8 @@
 
 use bytes::Bytes;
 use roomcast_broker::testkit::{
-    QUIET, next_event, parse_record, record, test_broker_url, unique, with_settings, within,
+    QUIET, next_event, packs_come_back_whole, parse_record, publish_concurrently, record,
+    test_broker_url, unique, with_settings, within,
 };
 use roomcast_broker::{Broker, BrokerError, FanoutEvent, amqp};
 use std::collections::HashSet;
@@ -528,85 +529,14 @@ async fn a_rooms_concurrent_publishes_travel_packed() {
     }
     let (prefix, _cleanup, broker) = fresh("shards=1&key_window=1000&pack=16").await;
     let rooms = [unique("room-a"), unique("room-b")];
-    let mut pending = Vec::new();
-    for n in 1..=100 {
-        for key in &rooms {
-            pending.push(
-                broker
-                    .start_publish(key, record(key, n))
-                    .await
-                    .expect("start publish"),
-            );
-        }
-    }
-    for result in futures_util::future::join_all(pending).await {
-        result.expect("confirmed");
-    }
+    publish_concurrently(broker.as_ref(), &rooms, 100).await;
     let messages = queued_messages(&format!("{prefix}.events.0")).await;
     assert!(
         (2 * 100 / 16..=100).contains(&messages),
         "200 records went as {messages} messages"
     );
 
-    let group = unique("group");
-    let mut first = broker.consume(&group).await.expect("consume");
-    let mut deliveries = Vec::new();
-    while deliveries.len() < 200 {
-        deliveries.extend(
-            within("deliveries", first.next_batch(200))
-                .await
-                .expect("next_batch"),
-        );
-    }
-    for key in &rooms {
-        let numbers: Vec<u32> = deliveries
-            .iter()
-            .filter(|d| &d.key == key)
-            .map(|d| {
-                assert_eq!(d.attempt, 1);
-                let (record_key, n) = parse_record(&d.payload);
-                assert_eq!(&record_key, key);
-                n
-            })
-            .collect();
-        assert_eq!(numbers, (1..=100).collect::<Vec<_>>(), "{key}");
-    }
-    // Room B is acked in full, room A up to 50.
-    let (a, b): (Vec<_>, Vec<_>) = deliveries.into_iter().partition(|d| d.key == rooms[0]);
-    let mut a = a.into_iter();
-    let acks = b.into_iter().chain(a.by_ref().take(50)).map(|d| d.ack());
-    for result in futures_util::future::join_all(acks).await {
-        result.expect("ack");
-    }
-    drop(a);
-    drop(first);
-
-    // Room A comes back from the start of the pack that holds record 51, to the end.
-    let mut second = broker.consume(&group).await.expect("consume");
-    let mut back: Vec<u32> = Vec::new();
-    while back.last() != Some(&100) {
-        for delivery in within("redeliveries", second.next_batch(200))
-            .await
-            .expect("next_batch")
-        {
-            let (key, n) = parse_record(&delivery.payload);
-            assert_eq!(key, rooms[0], "a fully acked room came back");
-            assert_eq!(delivery.attempt, 2);
-            back.push(n);
-            delivery.ack().await.expect("ack");
-        }
-    }
-    let from = back[0];
-    assert!(from <= 51, "record 51 was not delivered again: {back:?}");
-    assert!(51 - from < 16, "more than a pack came back early: {back:?}");
-    assert_eq!(back, (from..=100).collect::<Vec<_>>());
-    assert!(
-        tokio::time::timeout(QUIET, second.next_batch(1))
-            .await
-            .is_err(),
-        "a record was delivered twice"
-    );
-    drop(second);
+    packs_come_back_whole(broker.as_ref(), &rooms, 100, 16, QUIET).await;
     broker.close().await;
 }
 
