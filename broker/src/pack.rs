@@ -9,9 +9,11 @@
 //! record.
 //!
 //! A message of one record is a plain message: its body is the record. A message of several
-//! carries their number in the [`RECORDS_HEADER`] header and holds each record as a 4-byte
-//! big-endian length followed by its bytes. Consumers split it back into records (a message
-//! whose framing does not add up is handed out whole, as one record).
+//! holds each record as a 4-byte big-endian length followed by its bytes, and says how many it
+//! holds: on RabbitMQ in the [`RECORDS_HEADER`] header; on Kafka in the body itself, which
+//! then starts with [`PACK_MAGIC`] and the number ([`tag`]), since a record header costs some
+//! Kafka-compatible brokers a scan per record fetched. Consumers split it back into records (a
+//! message whose framing does not add up is handed out whole, as one record).
 
 use crate::{BrokerError, PendingPublish};
 use bytes::{BufMut, Bytes};
@@ -25,6 +27,10 @@ use tokio::sync::{Notify, oneshot};
 
 /// The header that gives the number of records packed into a message.
 pub(crate) const RECORDS_HEADER: &str = "roomcast-records";
+
+/// The first bytes of a pack that says in its body how many records it holds: a zero byte,
+/// which no JSON text starts with, then `RCPACK1`.
+pub(crate) const PACK_MAGIC: &[u8; 8] = b"\0RCPACK1";
 
 /// The most bytes of records packed into one message (a larger record travels alone).
 pub(crate) const MAX_PACK_BYTES: usize = 1 << 20;
@@ -204,6 +210,27 @@ pub(crate) fn encode<'a>(records: impl Iterator<Item = &'a Bytes>) -> Bytes {
     Bytes::from(body)
 }
 
+/// A pack that says in its body how many records it holds: [`PACK_MAGIC`], `records` as a
+/// 4-byte big-endian number, then `framed` (made by [`encode`]).
+pub(crate) fn tag(records: u32, framed: &[u8]) -> Bytes {
+    let mut body = Vec::with_capacity(PACK_MAGIC.len() + 4 + framed.len());
+    body.extend_from_slice(PACK_MAGIC);
+    body.put_u32(records);
+    body.extend_from_slice(framed);
+    Bytes::from(body)
+}
+
+/// The records of a message body made by [`tag`]; `None` when the body does not start with
+/// [`PACK_MAGIC`] (a plain record), `Some(None)` when it does but its framing does not add up.
+pub(crate) fn untag(body: &Bytes) -> Option<Option<Vec<Bytes>>> {
+    let rest = body.strip_prefix(&PACK_MAGIC[..])?;
+    let Some((count, _)) = rest.split_first_chunk::<4>() else {
+        return Some(None);
+    };
+    let framed = body.slice(PACK_MAGIC.len() + 4..);
+    Some(split(&framed, u32::from_be_bytes(*count)))
+}
+
 /// Splits the body of a message that says it holds `count` records; `None` when the framing
 /// does not add up (a wrong count, a length past the end, bytes left over).
 pub(crate) fn split(body: &Bytes, count: u32) -> Option<Vec<Bytes>> {
@@ -261,6 +288,26 @@ mod tests {
         assert_eq!(split(&Bytes::from_static(b"\xff\xff\xff\xffab"), 1), None);
         assert_eq!(split(&Bytes::from_static(b"{}"), 1), None, "plain JSON");
         assert_eq!(split(&Bytes::new(), u32::MAX), None);
+    }
+
+    #[test]
+    fn tagged_packs_say_how_many_records_they_hold() {
+        let items = records(&["{\"a\":1}", "{\"b\":2}"]);
+        let body = tag(2, &encode(items.iter()));
+        assert!(body.starts_with(PACK_MAGIC));
+        assert_eq!(untag(&body), Some(Some(items)));
+        // A plain record, JSON or anything else without the magic, is not a pack.
+        assert_eq!(untag(&Bytes::from_static(b"{\"a\":1}")), None);
+        assert_eq!(untag(&Bytes::new()), None);
+        // A pack whose count or framing does not add up.
+        let framed = encode(records(&["one", "two"]).iter());
+        assert_eq!(untag(&tag(3, &framed)), Some(None), "wrong count");
+        assert_eq!(untag(&tag(0, &[])), Some(None), "empty");
+        assert_eq!(
+            untag(&Bytes::from_static(b"\0RCPACK1\0\0")),
+            Some(None),
+            "no count"
+        );
     }
 
     fn never_sends() -> Sender {

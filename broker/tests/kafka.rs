@@ -3,26 +3,33 @@
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
-use roomcast_broker::testkit::{kafka_test_url, parse_record, record, unique, with_settings};
+use roomcast_broker::testkit::{
+    kafka_test_url, packs_come_back_whole, parse_record, publish_concurrently, record, unique,
+    with_settings,
+};
 use roomcast_broker::{Broker, BrokerError, Delivery, EventStream};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 
-/// The partition counts of `topics`, read from the broker's metadata.
-async fn partitions(url: &str, topics: &[String]) -> Vec<usize> {
+/// A client configuration for the cluster of a `kafka://` URL.
+fn client_config(url: &str) -> ClientConfig {
     let bootstrap = url
         .strip_prefix("kafka://")
         .and_then(|rest| rest.split(['?', '/']).next())
-        .unwrap_or_default()
-        .to_owned();
+        .unwrap_or_default();
+    let mut config = ClientConfig::new();
+    config.set("bootstrap.servers", bootstrap);
+    config
+}
+
+/// The partition counts of `topics`, read from the broker's metadata.
+async fn partitions(url: &str, topics: &[String]) -> Vec<usize> {
+    let config = client_config(url);
     let topics = topics.to_vec();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .expect("a metadata client");
+        let consumer: BaseConsumer = config.create().expect("a metadata client");
         topics
             .iter()
             .map(|topic| {
@@ -348,17 +355,10 @@ async fn rebalances_keep_order_and_ack_every_record_once() {
 
 /// The number of records in partition 0 of `topic` (its high watermark).
 async fn records_in(url: &str, topic: &str) -> i64 {
-    let bootstrap = url
-        .strip_prefix("kafka://")
-        .and_then(|rest| rest.split(['?', '/']).next())
-        .unwrap_or_default()
-        .to_owned();
+    let config = client_config(url);
     let topic = topic.to_owned();
     tokio::task::spawn_blocking(move || {
-        let consumer: BaseConsumer = ClientConfig::new()
-            .set("bootstrap.servers", &bootstrap)
-            .create()
-            .expect("a metadata client");
+        let consumer: BaseConsumer = config.create().expect("a metadata client");
         let (low, high) = consumer
             .fetch_watermarks(&topic, 0, Duration::from_secs(10))
             .expect("watermarks");
@@ -393,20 +393,7 @@ async fn a_rooms_concurrent_publishes_travel_packed() {
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
     let rooms = [unique("room-a"), unique("room-b")];
-    let mut pending = Vec::new();
-    for n in 1..=100 {
-        for key in &rooms {
-            pending.push(
-                broker
-                    .start_publish(key, record(key, n))
-                    .await
-                    .expect("start publish"),
-            );
-        }
-    }
-    for result in within("the publishes", futures_util::future::join_all(pending)).await {
-        result.expect("stored");
-    }
+    publish_concurrently(broker.as_ref(), &rooms, 100).await;
     let stored = records_in(&url, &format!("{prefix}.events")).await;
     assert!(
         (2 * 100 / 16..=100).contains(&stored),
@@ -436,65 +423,7 @@ async fn a_rooms_concurrent_publishes_travel_packed() {
         assert_eq!(numbers, (1..=100).collect::<Vec<_>>(), "replayed {key}");
     }
 
-    let group = unique("group");
-    let mut first = broker.consume(&group).await.expect("consume");
-    let mut deliveries = Vec::new();
-    while deliveries.len() < 200 {
-        deliveries.extend(
-            within("deliveries", first.next_batch(200))
-                .await
-                .expect("next_batch"),
-        );
-    }
-    for key in &rooms {
-        let numbers: Vec<u32> = deliveries
-            .iter()
-            .filter(|d| &d.key == key)
-            .map(|d| {
-                assert_eq!(d.attempt, 1);
-                let (record_key, n) = parse_record(&d.payload);
-                assert_eq!(&record_key, key);
-                n
-            })
-            .collect();
-        assert_eq!(numbers, (1..=100).collect::<Vec<_>>(), "{key}");
-    }
-    // Room B is acked in full, room A up to 50.
-    let (a, b): (Vec<_>, Vec<_>) = deliveries.into_iter().partition(|d| d.key == rooms[0]);
-    let mut a = a.into_iter();
-    let acks = b.into_iter().chain(a.by_ref().take(50)).map(|d| d.ack());
-    for result in futures_util::future::join_all(acks).await {
-        result.expect("ack");
-    }
-    drop(a);
-    drop(first);
-
-    // Room A comes back from the start of the pack that holds record 51, to the end.
-    let mut second = broker.consume(&group).await.expect("consume");
-    let mut back: Vec<u32> = Vec::new();
-    while back.last() != Some(&100) {
-        for delivery in within("redeliveries", second.next_batch(200))
-            .await
-            .expect("next_batch")
-        {
-            let (key, n) = parse_record(&delivery.payload);
-            assert_eq!(key, rooms[0], "a fully acked room came back");
-            assert_eq!(delivery.attempt, 2);
-            back.push(n);
-            delivery.ack().await.expect("ack");
-        }
-    }
-    let from = back[0];
-    assert!(from <= 51, "record 51 was not delivered again: {back:?}");
-    assert!(51 - from < 16, "more than a pack came back early: {back:?}");
-    assert_eq!(back, (from..=100).collect::<Vec<_>>());
-    assert!(
-        tokio::time::timeout(Duration::from_secs(2), second.next_batch(1))
-            .await
-            .is_err(),
-        "a record was delivered twice"
-    );
-    drop(second);
+    packs_come_back_whole(broker.as_ref(), &rooms, 100, 16, Duration::from_secs(2)).await;
     broker.close().await;
 }
 
@@ -502,7 +431,6 @@ async fn a_rooms_concurrent_publishes_travel_packed() {
 /// is handed out whole, as one record (the worker then dead-letters it).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_pack_is_handed_out_whole() {
-    use rdkafka::message::{Header, OwnedHeaders};
     use rdkafka::producer::{FutureProducer, FutureRecord};
     let Some(url) = kafka_test_url().await else {
         return;
@@ -512,26 +440,19 @@ async fn a_malformed_pack_is_handed_out_whole() {
     let broker = roomcast_broker::connect(&url)
         .await
         .unwrap_or_else(|e| panic!("connect: {e}"));
-    let bootstrap = url
-        .strip_prefix("kafka://")
-        .and_then(|rest| rest.split(['?', '/']).next())
-        .unwrap_or_default()
-        .to_owned();
-    let producer: FutureProducer = ClientConfig::new()
-        .set("bootstrap.servers", &bootstrap)
-        .create()
-        .expect("a producer");
-    let body = b"\x00\x00\x00\x02{}not three records";
-    for count in ["3", "three"] {
+    let producer: FutureProducer = client_config(&url).create().expect("a producer");
+    // A pack's body: "\0RCPACK1", the number of records (4 bytes, big-endian), then each record
+    // as a 4-byte big-endian length and its bytes. These say 3 but hold 1, and hold no number.
+    let bodies: [&[u8]; 2] = [
+        b"\0RCPACK1\x00\x00\x00\x03\x00\x00\x00\x02{}",
+        b"\0RCPACK1\x00\x03",
+    ];
+    for body in bodies {
         producer
             .send(
                 FutureRecord::to(&format!("{prefix}.events"))
                     .key("lobby")
-                    .payload(&body[..])
-                    .headers(OwnedHeaders::new().insert(Header {
-                        key: "roomcast-records",
-                        value: Some(count),
-                    })),
+                    .payload(body),
                 Duration::from_secs(10),
             )
             .await
@@ -547,9 +468,9 @@ async fn a_malformed_pack_is_handed_out_whole() {
         );
     }
     assert_eq!(deliveries.len(), 2, "each record is one delivery");
-    for delivery in deliveries {
+    for (delivery, body) in deliveries.into_iter().zip(bodies) {
         assert_eq!(delivery.key, "lobby");
-        assert_eq!(&delivery.payload[..], &body[..]);
+        assert_eq!(&delivery.payload[..], body);
         delivery.ack().await.expect("ack");
     }
     drop(stream);

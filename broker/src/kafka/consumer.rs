@@ -137,6 +137,11 @@ impl Part {
         if self.delivered.get(&offset)?.token != token {
             return None;
         }
+        self.remove_delivered(offset)
+    }
+
+    /// Forgets the delivery of `offset`, whoever holds it.
+    fn remove_delivered(&mut self, offset: i64) -> Option<Record> {
         let handed = self.delivered.remove(&offset)?;
         if let Some(count) = self.busy.get_mut(&handed.record.key) {
             *count -= 1;
@@ -285,7 +290,7 @@ impl StreamShared {
                 }
                 _ => return Err(BrokerError::Rejected("delivery already settled".into())),
             }
-            part.take_delivered(offset, token);
+            part.remove_delivered(offset);
             part.unacked.remove(&offset);
             part.acked.insert(offset);
             part.changed = true;
@@ -1059,7 +1064,7 @@ fn run(consumer: BaseConsumer<Context>, shared: Arc<StreamShared>, token: TaskTr
                     None => Arc::from(""),
                 };
                 let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
-                let payloads: Arc<[Bytes]> = super::unpack(message.headers(), &key, payload).into();
+                let payloads: Arc<[Bytes]> = super::unpack(&key, payload).into();
                 drop(message);
                 let mut state = lock(&shared.state);
                 let Some(part) = state.parts.get_mut(&partition) else {

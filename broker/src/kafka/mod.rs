@@ -48,10 +48,14 @@
 //!
 //! Inbound publishes are packed (`crate::pack`): a room has at most `pack_window` inbound
 //! Kafka records awaiting their delivery reports; the room's records published while the
-//! window is full wait and go out together, in order, as one Kafka record with the
-//! `roomcast-records` header (up to `pack` records and 1 MiB), each confirmed by that record's
-//! delivery report. An idle room's record goes out at once, alone (a plain record, as other
-//! services publish). Packing cuts the broker's work per event, which is largely per record.
+//! window is full wait and go out together, in order, as one Kafka record (up to `pack`
+//! records and 1 MiB), each confirmed by that record's delivery report. An idle room's record
+//! goes out at once, alone (a plain record, as other services publish). Packing cuts the
+//! broker's work per event, which is largely per record. A pack says in its value how many
+//! records it holds (`\0RCPACK1`, the number as 4 bytes big-endian, then each record as a
+//! 4-byte big-endian length and its bytes), not in a record header: a header costs some
+//! Kafka-compatible brokers a scan per record fetched (tansu 0.6 keeps headers in an unindexed
+//! table), and a value starting with a zero byte is never JSON.
 //!
 //! A publish that cannot be stored within `message_timeout_ms` (broker
 //! down, no leader) fails with [`BrokerError::Unavailable`]; it never reports a false
@@ -62,7 +66,7 @@
 //! Each stream is a consumer of its group (`cooperative-sticky` assignment, auto commit off,
 //! `auto.offset.reset=earliest`) polled by a thread of its own, which keeps the fetched
 //! records of the stream's partitions in memory (fetching pauses when many are buffered):
-//! - **Packs.** A Kafka record with the `roomcast-records` header is split into its records,
+//! - **Packs.** A Kafka record whose value is a pack is split into its records,
 //!   each a delivery of its own; its offset counts as acked once all of them are. A nack of
 //!   one, or a stream lost with some of them unacked, gives all of them back (the consumer
 //!   deduplicates the ones it had acked). A record whose framing does not add up is handed out
@@ -110,7 +114,7 @@ mod fanout;
 pub mod replay;
 mod settings;
 
-use crate::pack::{self, Outbound, Packer, RECORDS_HEADER, Sender};
+use crate::pack::{self, Outbound, Packer, Sender};
 use crate::{
     Broker, BrokerError, DeadLetterSink, EventConsumer, EventPublisher, EventStream,
     FanoutPublisher, FanoutSource, FanoutSubscription,
@@ -121,7 +125,6 @@ use rdkafka::ClientConfig;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::message::{BorrowedHeaders, Header, Headers, OwnedHeaders};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
 use settings::Settings;
 use std::sync::Arc;
@@ -215,10 +218,16 @@ impl KafkaBroker {
         Ok(Arc::new(KafkaBroker { shared, packer }))
     }
 
-    async fn produce(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), BrokerError> {
+    /// [`BrokerError::Closed`] once [`Broker::close`] has begun.
+    fn check_open(&self) -> Result<(), BrokerError> {
         if self.shared.closed.is_cancelled() {
             return Err(BrokerError::Closed);
         }
+        Ok(())
+    }
+
+    async fn produce(&self, topic: &str, key: &str, payload: &[u8]) -> Result<(), BrokerError> {
+        self.check_open()?;
         self.shared.produce(topic, key, payload).await
     }
 }
@@ -234,16 +243,12 @@ impl Shared {
         records: Option<u32>,
         payload: Bytes,
     ) -> Result<crate::PendingPublish, BrokerError> {
-        let queued = {
-            let mut record = FutureRecord::to(&topic).key(key).payload(&payload[..]);
-            if let Some(records) = records {
-                record = record.headers(records_header(records));
-            }
-            self.producer
-                .send_result(record)
-                .map_err(|(error, _)| error)
+        let payload = match records {
+            Some(records) => pack::tag(records, &payload),
+            None => payload,
         };
-        match queued {
+        let record = || FutureRecord::to(&topic).key(key).payload(&payload[..]);
+        match self.producer.send_result(record()) {
             Ok(delivery) => Ok(Box::pin(async move {
                 match delivery.await {
                     Ok(Ok(_)) => Ok(()),
@@ -253,20 +258,14 @@ impl Shared {
                     )),
                 }
             })),
-            Err(_) => {
-                let mut record = FutureRecord::to(&topic).key(key).payload(&payload[..]);
-                if let Some(records) = records {
-                    record = record.headers(records_header(records));
-                }
-                match self
-                    .producer
-                    .send(record, self.settings.message_timeout())
-                    .await
-                {
-                    Ok(_) => Ok(Box::pin(std::future::ready(Ok(())))),
-                    Err((error, _)) => Err(produce_error(&topic, &error)),
-                }
-            }
+            Err(_) => match self
+                .producer
+                .send(record(), self.settings.message_timeout())
+                .await
+            {
+                Ok(_) => Ok(Box::pin(std::future::ready(Ok(())))),
+                Err((error, _)) => Err(produce_error(&topic, &error)),
+            },
         }
     }
 
@@ -284,36 +283,21 @@ impl Shared {
     }
 }
 
-/// The header of a record that packs `records` records (their number as decimal text).
-fn records_header(records: u32) -> OwnedHeaders {
-    OwnedHeaders::new().insert(Header {
-        key: RECORDS_HEADER,
-        value: Some(records.to_string().as_bytes()),
-    })
-}
-
-/// The records of a fetched record: the record itself, or the records packed into it when it
-/// has the [`RECORDS_HEADER`] header (a record whose framing does not add up is handed out
-/// whole).
-fn unpack(headers: Option<&BorrowedHeaders>, key: &str, payload: Bytes) -> Vec<Bytes> {
-    let Some(header) = headers.and_then(|h| h.iter().find(|h| h.key == RECORDS_HEADER)) else {
-        return vec![payload];
-    };
-    // An unreadable count is 0, which no framing adds up to.
-    let count = header
-        .value
-        .and_then(|value| std::str::from_utf8(value).ok())
-        .and_then(|text| text.parse::<u32>().ok())
-        .unwrap_or(0);
-    pack::split(&payload, count).unwrap_or_else(|| {
-        tracing::warn!(
-            key,
-            count,
-            bytes = payload.len(),
-            "a packed record's framing does not add up; handing it out whole"
-        );
-        vec![payload]
-    })
+/// The records of a fetched record: the record itself, or the records packed into it when its
+/// body is a pack ([`pack::tag`]; a pack whose framing does not add up is handed out whole).
+fn unpack(key: &str, payload: Bytes) -> Vec<Bytes> {
+    match pack::untag(&payload) {
+        None => vec![payload],
+        Some(Some(records)) => records,
+        Some(None) => {
+            tracing::warn!(
+                key,
+                bytes = payload.len(),
+                "a packed record's framing does not add up; handing it out whole"
+            );
+            vec![payload]
+        }
+    }
 }
 
 /// Maps a produce failure: refusals of the record itself are `Rejected`, the rest (timeouts,
@@ -471,27 +455,11 @@ impl EventPublisher for KafkaBroker {
         key: &str,
         payload: Bytes,
     ) -> Result<crate::PendingPublish, BrokerError> {
+        self.check_open()?;
         if let Some(packer) = &self.packer {
-            if self.shared.closed.is_cancelled() {
-                return Err(BrokerError::Closed);
-            }
             return Ok(packer.start(key, payload));
         }
         let topic = self.shared.events_topic.clone();
-        self.start_produce(topic, key, payload).await
-    }
-}
-
-impl KafkaBroker {
-    async fn start_produce(
-        &self,
-        topic: String,
-        key: &str,
-        payload: Bytes,
-    ) -> Result<crate::PendingPublish, BrokerError> {
-        if self.shared.closed.is_cancelled() {
-            return Err(BrokerError::Closed);
-        }
         self.shared.start_produce(topic, key, None, payload).await
     }
 }
@@ -514,9 +482,7 @@ fn packed_sender(shared: &Arc<Shared>) -> Sender {
 #[async_trait]
 impl EventConsumer for KafkaBroker {
     async fn consume(&self, group: &str) -> Result<Box<dyn EventStream>, BrokerError> {
-        if self.shared.closed.is_cancelled() {
-            return Err(BrokerError::Closed);
-        }
+        self.check_open()?;
         if group.is_empty() {
             return Err(BrokerError::Config(
                 "consumer group must not be empty".into(),
@@ -547,17 +513,16 @@ impl FanoutPublisher for KafkaBroker {
         room: &str,
         payload: Bytes,
     ) -> Result<crate::PendingPublish, BrokerError> {
+        self.check_open()?;
         let topic = self.shared.fanout_topic.clone();
-        self.start_produce(topic, room, payload).await
+        self.shared.start_produce(topic, room, None, payload).await
     }
 }
 
 #[async_trait]
 impl FanoutSource for KafkaBroker {
     async fn open(&self) -> Result<Box<dyn FanoutSubscription>, BrokerError> {
-        if self.shared.closed.is_cancelled() {
-            return Err(BrokerError::Closed);
-        }
+        self.check_open()?;
         let subscription = fanout::KafkaSubscription::open(self.shared.clone()).await?;
         Ok(Box::new(subscription))
     }
@@ -570,9 +535,7 @@ impl Broker for KafkaBroker {
     }
 
     async fn health(&self) -> Result<(), BrokerError> {
-        if self.shared.closed.is_cancelled() {
-            return Err(BrokerError::Closed);
-        }
+        self.check_open()?;
         let producer = self.shared.producer.clone();
         let topic = self.shared.events_topic.clone();
         tokio::task::spawn_blocking(move || {

@@ -481,7 +481,7 @@ fn poll_batch(
                     .map(|key| String::from_utf8_lossy(key).into_owned())
                     .unwrap_or_default();
                 let payload = Bytes::copy_from_slice(message.payload().unwrap_or_default());
-                for payload in super::unpack(message.headers(), &key, payload) {
+                for payload in super::unpack(&key, payload) {
                     records.push(ReplayRecord {
                         partition,
                         offset,
