@@ -32,8 +32,11 @@ pub(crate) const RECORDS_HEADER: &str = "roomcast-records";
 /// which no JSON text starts with, then `RCPACK1`.
 pub(crate) const PACK_MAGIC: &[u8; 8] = b"\0RCPACK1";
 
-/// The most bytes of records packed into one message (a larger record travels alone).
-pub(crate) const MAX_PACK_BYTES: usize = 1 << 20;
+/// The most bytes of records (with their 4-byte lengths) packed into one message; a larger
+/// record travels alone. Well under librdkafka's default `message.max.bytes` (1,000,000) and
+/// Kafka's default `max.message.bytes` (1 MiB and 12 bytes), so that a pack is never refused
+/// for its size where its records one by one would not be.
+pub(crate) const MAX_PACK_BYTES: usize = 512 * 1024;
 
 /// One message for the broker: a single record, or several packed.
 pub(crate) struct Outbound {

@@ -476,3 +476,50 @@ async fn a_malformed_pack_is_handed_out_whole() {
     drop(stream);
     broker.close().await;
 }
+
+/// A room's concurrent large events are packed within the producer's message size limit
+/// (librdkafka's default `message.max.bytes`, 1,000,000): none is refused, all arrive in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_events_are_packed_within_the_message_size_limit() {
+    let Some(url) = kafka_test_url().await else {
+        return;
+    };
+    let prefix = unique("rc");
+    let url = with_settings(&url, &format!("prefix={prefix}&partitions=1&pack=64"));
+    let broker = roomcast_broker::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    let room = unique("room");
+    let pad = "x".repeat(48 * 1024);
+    let mut pending = Vec::new();
+    for n in 1..=48u32 {
+        let payload = format!("{{\"key\":\"{room}\",\"n\":{n},\"pad\":\"{pad}\"}}");
+        pending.push(
+            broker
+                .start_publish(&room, payload.into())
+                .await
+                .expect("start publish"),
+        );
+    }
+    for (n, result) in within("the publishes", futures_util::future::join_all(pending))
+        .await
+        .into_iter()
+        .enumerate()
+    {
+        result.unwrap_or_else(|e| panic!("publish {} of 48 failed: {e}", n + 1));
+    }
+    let mut stream = broker.consume(&unique("group")).await.expect("consume");
+    let mut numbers = Vec::new();
+    while numbers.len() < 48 {
+        for delivery in within("deliveries", stream.next_batch(64))
+            .await
+            .expect("next_batch")
+        {
+            numbers.push(parse_record(&delivery.payload).1);
+            delivery.ack().await.expect("ack");
+        }
+    }
+    assert_eq!(numbers, (1..=48).collect::<Vec<_>>());
+    drop(stream);
+    broker.close().await;
+}

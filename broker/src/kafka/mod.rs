@@ -49,7 +49,7 @@
 //! Inbound publishes are packed (`crate::pack`): a room has at most `pack_window` inbound
 //! Kafka records awaiting their delivery reports; the room's records published while the
 //! window is full wait and go out together, in order, as one Kafka record (up to `pack`
-//! records and 1 MiB), each confirmed by that record's delivery report. An idle room's record
+//! records and 512 KiB), each confirmed by that record's delivery report. An idle room's record
 //! goes out at once, alone (a plain record, as other services publish). Packing cuts the
 //! broker's work per event, which is largely per record. A pack says in its value how many
 //! records it holds (`\0RCPACK1`, the number as 4 bytes big-endian, then each record as a
