@@ -15,6 +15,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 use std::time::{Duration, Instant};
 use tokio::sync::Notify;
+use tokio_util::sync::CancellationToken;
 use tokio_util::task::task_tracker::TaskTrackerToken;
 
 /// How long one poll of the consumer waits; bounds how soon the thread notices a stop.
@@ -211,6 +212,8 @@ pub(crate) struct StreamShared {
     ready: Notify,
     /// Set when the stream is dropped.
     stopping: AtomicBool,
+    /// Cancelled when the stream's consumer has handed its partitions over and left the group.
+    left: CancellationToken,
 }
 
 impl StreamShared {
@@ -776,6 +779,7 @@ impl KafkaStream {
             settled: Condvar::new(),
             ready: Notify::new(),
             stopping: AtomicBool::new(false),
+            left: CancellationToken::new(),
         });
         let context = Context {
             stream: shared.clone(),
@@ -1006,6 +1010,9 @@ impl EventStream for KafkaStream {
 impl Drop for KafkaStream {
     fn drop(&mut self) {
         self.shared.stopping.store(true, Ordering::Release);
+        self.shared
+            .broker
+            .leaving(&self.shared.group, self.shared.left.clone());
         self.shared.wake();
     }
 }
@@ -1128,6 +1135,7 @@ fn run(consumer: BaseConsumer<Context>, shared: Arc<StreamShared>, token: TaskTr
     }
     shared.wake();
     drop(consumer);
+    shared.left.cancel();
     drop(token);
 }
 

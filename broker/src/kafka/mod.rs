@@ -101,7 +101,11 @@
 //!   (tombstone). A record that a crashed process delivered after its resume point is
 //!   delivered again with an attempt count one too low.
 //! - **Dropping a stream** commits what is acked, records the counters of its unsettled
-//!   deliveries and leaves the group; its partitions move to the other streams.
+//!   deliveries and leaves the group; its partitions move to the other streams. A stream of
+//!   the same group opened on the same broker meanwhile waits (up to `revoke_timeout_ms`)
+//!   until the dropped ones are gone: a coordinator that does not wait for a busy member to
+//!   rejoin (tansu 0.6) could otherwise assign it their partitions before their last commit
+//!   lands, and it would deliver acked records again.
 //!
 //! # Fan-out
 //! Each subscription is a consumer without a group, assigned every partition of
@@ -156,6 +160,43 @@ pub(crate) struct Shared {
     closed: CancellationToken,
     /// The threads of the streams, awaited by [`Broker::close`].
     streams: TaskTracker,
+    /// Dropped streams still handing their partitions over, by group: cancelled once gone.
+    leaving: std::sync::Mutex<Vec<(String, CancellationToken)>>,
+}
+
+impl Shared {
+    /// Notes that a stream of `group` was dropped; `left` is cancelled once it is gone.
+    pub(crate) fn leaving(&self, group: &str, left: CancellationToken) {
+        let mut leaving = self.leaving.lock().unwrap_or_else(|e| e.into_inner());
+        leaving.retain(|(_, left)| !left.is_cancelled());
+        leaving.push((group.to_owned(), left));
+    }
+
+    /// Waits (up to `revoke_timeout_ms`) until the dropped streams of `group` have handed their
+    /// partitions over: a stream opened meanwhile could be assigned them before their last
+    /// commit and the records for the next owner are stored, and deliver acked records again.
+    async fn left(&self, group: &str) {
+        let pending: Vec<CancellationToken> = {
+            let mut leaving = self.leaving.lock().unwrap_or_else(|e| e.into_inner());
+            leaving.retain(|(_, left)| !left.is_cancelled());
+            leaving
+                .iter()
+                .filter(|(g, _)| g == group)
+                .map(|(_, left)| left.clone())
+                .collect()
+        };
+        if pending.is_empty() {
+            return;
+        }
+        let all = futures_util::future::join_all(pending.iter().map(|left| left.cancelled()));
+        let wait = Duration::from_millis(self.settings.revoke_timeout_ms);
+        if tokio::time::timeout(wait, all).await.is_err() {
+            tracing::warn!(
+                group,
+                "kafka: a dropped stream did not leave its group within {wait:?}"
+            );
+        }
+    }
 }
 
 /// The Kafka backend; see the module documentation.
@@ -207,6 +248,7 @@ impl KafkaBroker {
             attempts_topic,
             closed: CancellationToken::new(),
             streams: TaskTracker::new(),
+            leaving: std::sync::Mutex::new(Vec::new()),
         });
         let packer = (shared.settings.pack > 1).then(|| {
             Arc::new(Packer::new(
@@ -488,6 +530,7 @@ impl EventConsumer for KafkaBroker {
                 "consumer group must not be empty".into(),
             ));
         }
+        self.shared.left(group).await;
         let stream = consumer::KafkaStream::start(self.shared.clone(), group)?;
         Ok(Box::new(stream))
     }
