@@ -24,6 +24,21 @@ fn client_config(url: &str) -> ClientConfig {
     config
 }
 
+/// A broker on the test cluster with a fresh prefix and one partition, plus `settings`; `None`
+/// when no test cluster is configured. Returns the broker, its URL and its prefix.
+async fn one_partition_broker(settings: &str) -> Option<(Arc<dyn Broker>, String, String)> {
+    let url = kafka_test_url().await?;
+    let prefix = unique("rc");
+    let mut url = with_settings(&url, &format!("prefix={prefix}&partitions=1"));
+    if !settings.is_empty() {
+        url = with_settings(&url, settings);
+    }
+    let broker = roomcast_broker::connect(&url)
+        .await
+        .unwrap_or_else(|e| panic!("connect: {e}"));
+    Some((broker, url, prefix))
+}
+
 /// The partition counts of `topics`, read from the broker's metadata.
 async fn partitions(url: &str, topics: &[String]) -> Vec<usize> {
     let config = client_config(url);
@@ -381,17 +396,11 @@ async fn within<T>(what: &str, future: impl std::future::Future<Output = T>) -> 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rooms_concurrent_publishes_travel_packed() {
     use roomcast_broker::kafka::replay::{KafkaReplay, ReplayStart};
-    let Some(url) = kafka_test_url().await else {
+    let Some((broker, url, prefix)) =
+        one_partition_broker("key_window=1000&pack=16&pack_window=2").await
+    else {
         return;
     };
-    let prefix = unique("rc");
-    let url = with_settings(
-        &url,
-        &format!("prefix={prefix}&partitions=1&key_window=1000&pack=16&pack_window=2"),
-    );
-    let broker = roomcast_broker::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
     let rooms = [unique("room-a"), unique("room-b")];
     publish_concurrently(broker.as_ref(), &rooms, 100).await;
     let stored = records_in(&url, &format!("{prefix}.events")).await;
@@ -432,14 +441,9 @@ async fn a_rooms_concurrent_publishes_travel_packed() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_malformed_pack_is_handed_out_whole() {
     use rdkafka::producer::{FutureProducer, FutureRecord};
-    let Some(url) = kafka_test_url().await else {
+    let Some((broker, url, prefix)) = one_partition_broker("").await else {
         return;
     };
-    let prefix = unique("rc");
-    let url = with_settings(&url, &format!("prefix={prefix}&partitions=1"));
-    let broker = roomcast_broker::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
     let producer: FutureProducer = client_config(&url).create().expect("a producer");
     // A pack's body: "\0RCPACK1", the number of records (4 bytes, big-endian), then each record
     // as a 4-byte big-endian length and its bytes. These say 3 but hold 1, and hold no number.
@@ -481,14 +485,9 @@ async fn a_malformed_pack_is_handed_out_whole() {
 /// (librdkafka's default `message.max.bytes`, 1,000,000): none is refused, all arrive in order.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn large_events_are_packed_within_the_message_size_limit() {
-    let Some(url) = kafka_test_url().await else {
+    let Some((broker, _, _)) = one_partition_broker("pack=64").await else {
         return;
     };
-    let prefix = unique("rc");
-    let url = with_settings(&url, &format!("prefix={prefix}&partitions=1&pack=64"));
-    let broker = roomcast_broker::connect(&url)
-        .await
-        .unwrap_or_else(|e| panic!("connect: {e}"));
     let room = unique("room");
     let pad = "x".repeat(48 * 1024);
     let mut pending = Vec::new();
