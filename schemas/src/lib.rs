@@ -18,3 +18,12 @@ pub mod names;
 pub use envelope::{DeadLetter, ENVELOPE_VERSION, FanoutMessage, InboundEvent, decode_fanout};
 pub use frames::{ClientFrame, ErrorCode, ServerFrame};
 pub use names::NameError;
+
+/// Milliseconds since the Unix epoch: the clock of every envelope's `ts` and of every
+/// timestamp Roomcast writes (0 if the system clock is before 1970).
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|elapsed| u64::try_from(elapsed.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
