@@ -9,12 +9,13 @@
 //! queue is full is closed with 4008, like Roomcast's slow consumers.
 
 use futures_util::{SinkExt, StreamExt};
-use roomcast_schemas::{ClientFrame, ErrorCode, ServerFrame};
+use roomcast_schemas::{
+    ClientFrame, ENVELOPE_VERSION, ErrorCode, FanoutMessage, ServerFrame, now_ms,
+};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{SystemTime, UNIX_EPOCH};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
@@ -117,13 +118,6 @@ pub async fn serve(
             }
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }
 
 async fn connection(
@@ -244,6 +238,7 @@ impl Session<'_> {
         };
         match frame {
             ClientFrame::Join { room, since: _ } => {
+                let room = room.to_string();
                 let handle = {
                     let mut rooms = self
                         .shared
@@ -270,6 +265,7 @@ impl Session<'_> {
                 ok
             }
             ClientFrame::Leave { room } => {
+                let room = room.to_string();
                 if let Some(handle) = self.joined.remove(&room) {
                     handle.lock().members.remove(&self.id);
                 }
@@ -281,6 +277,7 @@ impl Session<'_> {
                 event,
                 data,
             } => {
+                let (id, room, event) = (id.to_string(), room.to_string(), event.to_string());
                 let Some(handle) = self.joined.get(&room).cloned() else {
                     return self.reply(ServerFrame::Error {
                         code: ErrorCode::NotJoined,
@@ -293,7 +290,8 @@ impl Session<'_> {
                 let ack_ok = self.reply(ServerFrame::Ack { id: id.clone() });
                 let mut state = handle.lock();
                 state.seq += 1;
-                let frame = ServerFrame::Message {
+                let message = FanoutMessage {
+                    v: ENVELOPE_VERSION,
                     room,
                     seq: state.seq,
                     id,
@@ -302,7 +300,7 @@ impl Session<'_> {
                     ts: now_ms(),
                     data,
                 };
-                let frame = Utf8Bytes::from(frame.to_json());
+                let frame = Utf8Bytes::from(message.to_frame_json());
                 state
                     .members
                     .retain(|_, member| match member.queue.try_send(frame.clone()) {
@@ -313,6 +311,9 @@ impl Session<'_> {
                         }
                     });
                 ack_ok
+            }
+            ClientFrame::Refresh { .. } => {
+                self.reply(ServerFrame::error(ErrorCode::InvalidFrame, "not supported"))
             }
         }
     }

@@ -269,7 +269,7 @@ mod tests {
         assert_eq!(
             join,
             ClientFrame::Join {
-                room: "r-1".into(),
+                room: "r-1".try_into().unwrap(),
                 since: None
             }
         );

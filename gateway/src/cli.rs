@@ -170,6 +170,7 @@ impl GatewayArgs {
             user_publish_burst: self.user_publish_burst,
             handshakes_per_sec_per_ip: self.handshake_rate,
             handshake_burst_per_ip: self.handshake_burst,
+            ..LimitsConfig::DEFAULT
         };
         config.dev_mode = dev_mode;
         config

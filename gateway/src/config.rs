@@ -29,6 +29,20 @@ pub const DEFAULT_PING_INTERVAL: Duration = Duration::from_secs(20);
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Default time allowed for sending a close frame to a client that stopped reading.
 pub const DEFAULT_CLOSE_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time a client's socket may refuse writes before it is closed as a slow consumer.
+pub const DEFAULT_WRITE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bytes of history replayed before the connection's socket must take them.
+pub const DEFAULT_REPLAY_BYTES: usize = 256 * 1024;
+/// Default time before a token's `exp` at which `token_expiring` is sent.
+pub const DEFAULT_TOKEN_NOTICE: Duration = Duration::from_secs(60);
+/// Default time after a token's expiry during which `refresh` is still accepted.
+pub const DEFAULT_TOKEN_GRACE: Duration = Duration::from_secs(30);
+/// Default most open client connections per gateway.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
+/// Default most open client connections per user (`sub`) per gateway.
+pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
+/// Default time a client gets to send a request's headers.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default lifetime of tokens minted by `GET /dev/token`.
 pub const DEFAULT_DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
@@ -72,6 +86,27 @@ pub struct GatewayConfig {
     /// How long the gateway tries to send a close frame to a client that stopped reading
     /// (slow consumer, shutdown) before dropping the connection.
     pub close_timeout: Duration,
+    /// A connection whose socket accepts no writes for this long (live messages, a history
+    /// replay, error frames alike) is closed as a slow consumer (4008).
+    pub write_timeout: Duration,
+    /// Bytes of history frames a replay (`join` with `since`, gap repair) queues before it
+    /// waits for the socket to take them: the most a replay holds per connection.
+    pub replay_bytes: usize,
+    /// How long before the token's `exp` the connection is sent `token_expiring`.
+    pub token_notice: Duration,
+    /// After the token expired (plus `auth.leeway_secs`), how long the connection may still
+    /// `refresh` before it is closed with 4001. Joins and publishes are refused meanwhile.
+    pub token_grace: Duration,
+    /// Longest accepted token lifetime (`exp` − `iat`); longer tokens, and tokens without
+    /// `iat`, are refused at the handshake and in `refresh`. `None`: no maximum.
+    pub max_token_lifetime: Option<Duration>,
+    /// Most open client connections; a handshake beyond it gets HTTP 503.
+    pub max_connections: usize,
+    /// Most open client connections of one user (`sub`); beyond it HTTP 429.
+    pub max_connections_per_user: usize,
+    /// Time a client gets to send the headers of a request (slowloris defence); the
+    /// connection is closed without an answer after it.
+    pub header_read_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -92,6 +127,14 @@ impl GatewayConfig {
             ping_interval: DEFAULT_PING_INTERVAL,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
+            write_timeout: DEFAULT_WRITE_TIMEOUT,
+            replay_bytes: DEFAULT_REPLAY_BYTES,
+            token_notice: DEFAULT_TOKEN_NOTICE,
+            token_grace: DEFAULT_TOKEN_GRACE,
+            max_token_lifetime: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
+            header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
         }
     }
 
@@ -136,6 +179,29 @@ impl GatewayConfig {
         if self.close_timeout.is_zero() {
             return Err(ConfigError(
                 "close_timeout must be greater than zero".into(),
+            ));
+        }
+        let positive = [
+            ("write_timeout", self.write_timeout),
+            ("header_read_timeout", self.header_read_timeout),
+        ];
+        if let Some((name, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
+            return Err(ConfigError(format!("{name} must be greater than zero")));
+        }
+        if self.replay_bytes < self.max_frame_bytes {
+            return Err(ConfigError(format!(
+                "replay_bytes ({}) must be at least max_frame_bytes ({})",
+                self.replay_bytes, self.max_frame_bytes
+            )));
+        }
+        if self.max_connections == 0 || self.max_connections_per_user == 0 {
+            return Err(ConfigError(
+                "max_connections and max_connections_per_user must be at least 1".into(),
+            ));
+        }
+        if self.max_token_lifetime.is_some_and(|max| max.is_zero()) {
+            return Err(ConfigError(
+                "max_token_lifetime must be greater than zero (or unset)".into(),
             ));
         }
         if self.dev_mode {

@@ -5,8 +5,8 @@
 //! reference-counted handle to the same buffer. Delivery never waits for a member (a full queue
 //! closes that member as a slow consumer), so one slow client cannot hold up a room.
 
+use crate::outbound::{FanoutBatch, RoomMessage};
 use crate::rooms::Rooms;
-use crate::session::FanoutBatch;
 use axum::extract::ws::Utf8Bytes;
 use futures_util::FutureExt;
 use roomcast_broker::{BrokerError, FanoutEvent, FanoutSubscription};
@@ -86,13 +86,16 @@ pub(crate) async fn run(
     }
 }
 
-/// Messages of one room collected from a drain, in order: `(seq, frame)`.
-type Pending = Vec<(Arc<str>, Vec<(u64, Utf8Bytes)>)>;
+/// Messages of one room collected from a drain, in order.
+struct Pending {
+    room: Arc<str>,
+    messages: Vec<RoomMessage>,
+}
 
 /// Hands `events` to the rooms' members: each message parsed and serialized once, a room's
 /// messages grouped (in order) into one shared batch.
 fn deliver(events: Vec<FanoutEvent>, rooms: &Rooms) {
-    let mut batches: Pending = Vec::new();
+    let mut batches: Vec<Pending> = Vec::new();
     for event in events {
         match event {
             FanoutEvent::Message { room, payload } => {
@@ -100,9 +103,12 @@ fn deliver(events: Vec<FanoutEvent>, rooms: &Rooms) {
                 if frames.is_empty() {
                     continue;
                 }
-                match batches.iter_mut().find(|(name, _)| **name == *room) {
-                    Some((_, messages)) => messages.extend(frames),
-                    None => batches.push((room, frames)),
+                match batches.iter_mut().find(|pending| *pending.room == *room) {
+                    Some(pending) => pending.messages.extend(frames),
+                    None => batches.push(Pending {
+                        room,
+                        messages: frames,
+                    }),
                 }
             }
             FanoutEvent::Gap => {
@@ -116,16 +122,16 @@ fn deliver(events: Vec<FanoutEvent>, rooms: &Rooms) {
     flush(&mut batches, rooms);
 }
 
-fn flush(batches: &mut Pending, rooms: &Rooms) {
-    for (room, messages) in batches.drain(..) {
-        let batch: FanoutBatch = messages.into();
-        rooms.deliver(&room, &batch);
+fn flush(batches: &mut Vec<Pending>, rooms: &Rooms) {
+    for pending in batches.drain(..) {
+        let batch: FanoutBatch = pending.messages.into();
+        rooms.deliver(&pending.room, &batch);
     }
 }
 
 /// The seqs and `message` frames of a fan-out record (one message, or several of the room in
 /// seq order); empty (logged) when it is unusable.
-fn frames(room: &str, payload: &[u8]) -> Vec<(u64, Utf8Bytes)> {
+fn frames(room: &str, payload: &[u8]) -> Vec<RoomMessage> {
     let messages = match decode_fanout(payload) {
         Ok(messages) => messages,
         Err(err) => {
@@ -139,6 +145,9 @@ fn frames(room: &str, payload: &[u8]) -> Vec<(u64, Utf8Bytes)> {
     }
     messages
         .iter()
-        .map(|message| (message.seq, Utf8Bytes::from(message.to_frame_json())))
+        .map(|message| RoomMessage {
+            seq: message.seq,
+            frame: Utf8Bytes::from(message.to_frame_json()),
+        })
         .collect()
 }

@@ -11,70 +11,14 @@
 //! once it has no member and its subscription is cancelled, so a join racing a leave either
 //! keeps the subscription or re-creates it after the unsubscribe, never loses it.
 
-use crate::session::{FanoutBatch, Outbound};
+use crate::outbound::{ConnId, FanoutBatch, MemberHandle, Outbound};
 use roomcast_broker::{BrokerError, FanoutSubscription};
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use tokio::sync::mpsc::{self, error::TrySendError};
-use tokio_util::sync::CancellationToken;
 
 /// Number of shards; a power of two well above the core count.
 const SHARDS: usize = 64;
-
-/// Identifies one WebSocket connection of this process.
-pub(crate) type ConnId = u64;
-
-/// What the registry keeps of a member: the way into its outbound queue.
-#[derive(Debug, Clone)]
-pub(crate) struct MemberHandle {
-    /// The connection's bounded outbound queue.
-    pub(crate) tx: mpsc::Sender<Outbound>,
-    /// Cancelled when the queue overflowed: the connection is closed as a slow consumer.
-    pub(crate) slow: CancellationToken,
-    /// Fan-out messages queued and not yet written (the writer takes them off).
-    pub(crate) backlog: Arc<AtomicUsize>,
-    /// Most fan-out messages queued before the member counts as a slow consumer.
-    pub(crate) limit: usize,
-}
-
-impl MemberHandle {
-    /// Queues `item` without waiting; a full queue, or more than `limit` fan-out messages
-    /// waiting (items carry batches), marks the member as a slow consumer.
-    fn offer(&self, item: Outbound, overflows: &AtomicU64) {
-        let messages = match &item {
-            Outbound::Fanout { messages, .. } => messages.len(),
-            _ => 0,
-        };
-        if messages > 0 {
-            let before = self.backlog.fetch_add(messages, Ordering::Relaxed);
-            if before + messages > self.limit {
-                self.backlog.fetch_sub(messages, Ordering::Relaxed);
-                self.overflowed(overflows);
-                return;
-            }
-        }
-        match self.tx.try_send(item) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) => {
-                self.backlog.fetch_sub(messages, Ordering::Relaxed);
-                self.overflowed(overflows);
-            }
-            // The connection is ending; it removes itself from its rooms.
-            Err(TrySendError::Closed(_)) => {
-                self.backlog.fetch_sub(messages, Ordering::Relaxed);
-            }
-        }
-    }
-
-    fn overflowed(&self, overflows: &AtomicU64) {
-        if !self.slow.is_cancelled() {
-            overflows.fetch_add(1, Ordering::Relaxed);
-            self.slow.cancel();
-        }
-    }
-}
 
 struct RoomEntry {
     members: HashMap<ConnId, MemberHandle>,
@@ -89,7 +33,6 @@ pub(crate) struct Rooms {
     shards: Box<[Shard]>,
     hasher: RandomState,
     fanout: Arc<dyn FanoutSubscription>,
-    overflows: AtomicU64,
 }
 
 impl std::fmt::Debug for Rooms {
@@ -107,7 +50,6 @@ impl Rooms {
             shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
             hasher: RandomState::new(),
             fanout,
-            overflows: AtomicU64::new(0),
         }
     }
 
@@ -205,7 +147,7 @@ impl Rooms {
                 room: name.clone(),
                 messages: messages.clone(),
             };
-            member.offer(item, &self.overflows);
+            member.offer(item);
         }
         entry.members.len()
     }
@@ -219,7 +161,7 @@ impl Rooms {
                 .unwrap_or_else(|poisoned| poisoned.into_inner());
             for (name, entry) in shard.iter() {
                 for member in entry.members.values() {
-                    member.offer(Outbound::Resync { room: name.clone() }, &self.overflows);
+                    member.offer(Outbound::Resync { room: name.clone() });
                 }
             }
         }
@@ -237,11 +179,6 @@ impl Rooms {
             })
             .sum()
     }
-
-    /// How many times a member's queue overflowed (slow consumers closed).
-    pub(crate) fn overflows(&self) -> u64 {
-        self.overflows.load(Ordering::Relaxed)
-    }
 }
 
 #[cfg(test)]
@@ -251,17 +188,10 @@ mod tests {
     use roomcast_broker::{EmbeddedBroker, FanoutEvent, FanoutPublisher, FanoutSource};
     use std::time::Duration;
 
-    fn member() -> (MemberHandle, mpsc::Receiver<Outbound>) {
-        let (tx, rx) = mpsc::channel(4);
-        (
-            MemberHandle {
-                tx,
-                slow: CancellationToken::new(),
-                backlog: Arc::new(AtomicUsize::new(0)),
-                limit: 1024,
-            },
-            rx,
-        )
+    fn member() -> (MemberHandle, tokio::sync::mpsc::Receiver<Outbound>) {
+        let (mut handle, rx) = MemberHandle::new(4);
+        handle.limit = 1024;
+        (handle, rx)
     }
 
     /// Whether `subscription` receives messages of `room`: publishes one to `room`, then one to
@@ -363,14 +293,18 @@ mod tests {
         let (handle, _rx) = member();
         let slow = handle.slow.clone();
         rooms.join(&room, 1, handle).await.unwrap();
-        let batch = |seq: u64| -> FanoutBatch { Arc::from([(seq, Utf8Bytes::from_static("{}"))]) };
+        let batch = |seq: u64| -> FanoutBatch {
+            Arc::from([crate::outbound::RoomMessage {
+                seq,
+                frame: Utf8Bytes::from_static("{}"),
+            }])
+        };
         for seq in 1..=4 {
             assert_eq!(rooms.deliver("r", &batch(seq)), 1);
         }
         assert!(!slow.is_cancelled());
         rooms.deliver("r", &batch(5));
         assert!(slow.is_cancelled());
-        assert_eq!(rooms.overflows(), 1);
         assert_eq!(rooms.deliver("other", &batch(1)), 0);
         broker.close().await;
     }

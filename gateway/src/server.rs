@@ -9,12 +9,12 @@
 //! | `GET /` | the chat page |
 //! | `GET /dev/token?sub=NAME[&rooms=a,b]` | a token minted with the HS256 secret; `dev_mode` only |
 
-use crate::auth::{AuthError, Minter, Verifier, VerifyKey, token_from_request};
+use crate::auth::{AuthError, Claims, Minter, Verifier, VerifyKey, token_from_request};
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::limits::Limits;
 use crate::rooms::Rooms;
-use crate::{fanout, session};
+use crate::{fanout, session, ws};
 use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
@@ -28,10 +28,12 @@ use roomcast_broker::Broker;
 use roomcast_worker::Store;
 use serde::Deserialize;
 use serde_json::json;
+use std::collections::HashMap;
 use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -46,7 +48,7 @@ const READY_TIMEOUT: Duration = Duration::from_secs(2);
 const HOUSEKEEP_EVERY: Duration = Duration::from_secs(60);
 
 /// State shared by every request and connection of one gateway.
-pub(crate) struct Shared {
+pub(crate) struct GatewayState {
     pub(crate) config: GatewayConfig,
     pub(crate) verifier: Verifier,
     pub(crate) limits: Limits,
@@ -62,9 +64,118 @@ pub(crate) struct Shared {
     background: TaskTracker,
     background_stop: CancellationToken,
     next_conn: AtomicU64,
+    /// Open connections, against `max_connections` and `max_connections_per_user`.
+    connections: Arc<ConnectionCounts>,
+    /// Connections closed as slow consumers (queue overflow or write deadline).
+    slow_closed: AtomicU64,
 }
 
-impl Drop for Shared {
+/// Open connections in total and per user.
+#[derive(Debug, Default)]
+pub(crate) struct ConnectionCounts {
+    total: AtomicUsize,
+    per_user: Mutex<HashMap<Arc<str>, usize>>,
+}
+
+/// Why a handshake was refused by the connection caps.
+pub(crate) enum Cap {
+    /// The gateway holds `max_connections`.
+    Total,
+    /// The user holds `max_connections_per_user`.
+    User,
+}
+
+impl ConnectionCounts {
+    /// Counts a connection of `user`, unless a cap is reached.
+    fn admit(
+        self: &Arc<Self>,
+        user: &str,
+        max_total: usize,
+        max_user: usize,
+    ) -> Result<ConnectionGuard, Cap> {
+        if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
+            self.total.fetch_sub(1, Ordering::AcqRel);
+            return Err(Cap::Total);
+        }
+        let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
+        let user: Arc<str> = match per_user.get_key_value(user) {
+            Some((_, &count)) if count >= max_user => {
+                drop(per_user);
+                self.total.fetch_sub(1, Ordering::AcqRel);
+                return Err(Cap::User);
+            }
+            Some((key, _)) => key.clone(),
+            None => Arc::from(user),
+        };
+        *per_user.entry(user.clone()).or_insert(0) += 1;
+        Ok(ConnectionGuard {
+            counts: self.clone(),
+            user,
+        })
+    }
+
+    /// Open connections.
+    pub(crate) fn total(&self) -> usize {
+        self.total.load(Ordering::Acquire)
+    }
+}
+
+/// One admitted connection; dropping it frees its place under the caps.
+#[derive(Debug)]
+pub(crate) struct ConnectionGuard {
+    counts: Arc<ConnectionCounts>,
+    user: Arc<str>,
+}
+
+impl Drop for ConnectionGuard {
+    fn drop(&mut self) {
+        let mut per_user = self
+            .counts
+            .per_user
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = per_user.get_mut(&*self.user) {
+            *count -= 1;
+            if *count == 0 {
+                per_user.remove(&*self.user);
+            }
+        }
+        drop(per_user);
+        self.counts.total.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl GatewayState {
+    /// Counts a connection of `user` against the caps, unless one is reached.
+    pub(crate) fn admit(&self, user: &str) -> Result<ConnectionGuard, Cap> {
+        self.connections.admit(
+            user,
+            self.config.max_connections,
+            self.config.max_connections_per_user,
+        )
+    }
+
+    /// Verifies a token as the handshake does: signature, times, claims, and the configured
+    /// maximum lifetime.
+    pub(crate) fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        let claims = self.verifier.verify(token)?;
+        if let Some(max) = self.config.max_token_lifetime {
+            let lifetime = claims.iat.map(|iat| claims.exp.saturating_sub(iat));
+            match lifetime {
+                Some(lifetime) if lifetime <= max.as_secs() => {}
+                _ => return Err(AuthError::LifetimeTooLong),
+            }
+        }
+        Ok(claims)
+    }
+
+    /// Counts a connection closed as a slow consumer.
+    pub(crate) fn count_slow_consumer(&self) {
+        self.slow_closed.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+impl Drop for GatewayState {
     fn drop(&mut self) {
         // The last handle is gone: stop the fan-out and housekeeping tasks.
         self.background_stop.cancel();
@@ -74,7 +185,7 @@ impl Drop for Shared {
 /// A running gateway: routes, sessions, the fan-out task. Cheap to clone.
 #[derive(Clone)]
 pub struct Gateway {
-    shared: Arc<Shared>,
+    pub(crate) shared: Arc<GatewayState>,
 }
 
 impl std::fmt::Debug for Gateway {
@@ -106,7 +217,7 @@ impl Gateway {
         let subscription: Arc<dyn roomcast_broker::FanoutSubscription> =
             Arc::from(broker.open().await?);
         let rooms = Arc::new(Rooms::new(subscription.clone()));
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(GatewayState {
             config,
             verifier,
             limits,
@@ -119,6 +230,8 @@ impl Gateway {
             background: TaskTracker::new(),
             background_stop: CancellationToken::new(),
             next_conn: AtomicU64::new(1),
+            connections: Arc::new(ConnectionCounts::default()),
+            slow_closed: AtomicU64::new(0),
         });
         shared.background.spawn(fanout::run(
             subscription,
@@ -173,9 +286,15 @@ impl Gateway {
         self.shared.rooms.room_count()
     }
 
-    /// How many connections were closed as slow consumers.
+    /// How many connections were closed as slow consumers (their queue overflowed, or their
+    /// socket accepted no writes for `write_timeout`).
     pub fn slow_consumers_closed(&self) -> u64 {
-        self.shared.rooms.overflows()
+        self.shared.slow_closed.load(Ordering::Relaxed)
+    }
+
+    /// Open client connections (counted against `max_connections`).
+    pub fn connection_count(&self) -> usize {
+        self.shared.connections.total()
     }
 
     /// Starts closing: new handshakes get 503 and every open session is sent close 1001.
@@ -264,7 +383,7 @@ fn json_error(status: StatusCode, error: &str, message: impl Into<String>) -> Re
 }
 
 async fn ws_handler(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<GatewayState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
@@ -293,7 +412,7 @@ async fn ws_handler(
         tracing::debug!(peer = %peer.ip(), "handshake without token");
         return AuthError::MissingToken.into_response();
     };
-    let claims = match shared.verifier.verify(&token) {
+    let claims = match shared.verify(&token) {
         Ok(claims) => claims,
         Err(err) => {
             tracing::debug!(peer = %peer.ip(), error = %err, "handshake with a rejected token");
@@ -305,6 +424,23 @@ async fn ws_handler(
         Err(rejection) => return rejection.into_response(),
     };
     let config = &shared.config;
+    let guard = match shared.admit(&claims.sub) {
+        Ok(guard) => guard,
+        Err(Cap::Total) => {
+            return json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                "the server is at its connection limit; retry later or elsewhere",
+            );
+        }
+        Err(Cap::User) => {
+            return json_error(
+                StatusCode::TOO_MANY_REQUESTS,
+                "too_many_connections",
+                "this user has too many open connections",
+            );
+        }
+    };
     let max_message = config.ws_max_message_size();
     let conn = shared.next_conn.fetch_add(1, Ordering::Relaxed);
     tracing::debug!(conn, user = %claims.sub, peer = %peer.ip(), "connection accepted");
@@ -317,7 +453,14 @@ async fn ws_handler(
         .on_failed_upgrade(|err| tracing::debug!(error = %err, "WebSocket upgrade failed"))
         .on_upgrade(move |socket| {
             let sessions = session_shared.sessions.clone();
-            sessions.track_future(session::run(socket, session_shared, claims, conn))
+            let transport = ws::WsTransport::new(socket);
+            sessions.track_future(session::serve(
+                transport,
+                session_shared,
+                claims,
+                conn,
+                guard,
+            ))
         })
 }
 
@@ -325,7 +468,7 @@ async fn healthz() -> Response {
     Json(json!({ "status": "ok" })).into_response()
 }
 
-async fn readyz(State(shared): State<Arc<Shared>>) -> Response {
+async fn readyz(State(shared): State<Arc<GatewayState>>) -> Response {
     if shared.sessions_stop.is_cancelled() {
         let body = json!({ "status": "shutting_down" });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
@@ -378,7 +521,7 @@ struct DevTokenQuery {
 }
 
 async fn dev_token(
-    State(shared): State<Arc<Shared>>,
+    State(shared): State<Arc<GatewayState>>,
     query: Result<Query<DevTokenQuery>, QueryRejection>,
 ) -> Response {
     let Some(minter) = &shared.minter else {

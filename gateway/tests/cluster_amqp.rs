@@ -452,10 +452,10 @@ async fn gateway_fanout_queue_is_bound_to_its_members_rooms_only() {
 
     // Traffic of B reaches bob, and alice (in A only) gets nothing of it.
     let publish = roomcast_schemas::ClientFrame::Publish {
-        id: "b-1".to_owned(),
-        room: room_b.clone(),
-        event: "test".to_owned(),
-        data: serde_json::json!(1),
+        id: roomcast_schemas::EventId::new("b-1".to_owned()).unwrap(),
+        room: roomcast_schemas::RoomName::new(room_b.clone()).unwrap(),
+        event: roomcast_schemas::EventName::new("test".to_owned()).unwrap(),
+        data: serde_json::value::to_raw_value(&serde_json::json!(1)).unwrap(),
     };
     assert!(bob.send(&publish).await);
     let mut got_message = false;
@@ -470,10 +470,10 @@ async fn gateway_fanout_queue_is_bound_to_its_members_rooms_only() {
         }
     }
     let publish_a = roomcast_schemas::ClientFrame::Publish {
-        id: "a-1".to_owned(),
-        room: room_a.clone(),
-        event: "test".to_owned(),
-        data: serde_json::json!(1),
+        id: roomcast_schemas::EventId::new("a-1".to_owned()).unwrap(),
+        room: roomcast_schemas::RoomName::new(room_a.clone()).unwrap(),
+        event: roomcast_schemas::EventName::new("test".to_owned()).unwrap(),
+        data: serde_json::value::to_raw_value(&serde_json::json!(1)).unwrap(),
     };
     assert!(alice.send(&publish_a).await);
     // A's message comes after B's was stored and fanned out: alice's next frames are about A.
@@ -492,7 +492,7 @@ async fn gateway_fanout_queue_is_bound_to_its_members_rooms_only() {
 
     // The last member leaving unbinds the room.
     let leave = roomcast_schemas::ClientFrame::Leave {
-        room: room_a.clone(),
+        room: roomcast_schemas::RoomName::new(room_a.clone()).unwrap(),
     };
     assert!(alice.send(&leave).await);
     match alice.recv().await.expect("alice's connection") {

@@ -103,7 +103,7 @@ async fn dev_token_mints_working_tokens_in_dev_mode() {
     bob.join("lobby").await;
     bob.join("team-red").await;
     bob.send(&roomcast_schemas::ClientFrame::Join {
-        room: "elsewhere".into(),
+        room: roomcast_schemas::RoomName::new("elsewhere").unwrap(),
         since: None,
     })
     .await;

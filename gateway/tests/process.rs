@@ -123,10 +123,10 @@ async fn recv(ws: &mut Ws) -> Option<ServerFrame> {
 
 fn publish(room: &str, id: &str, n: u64) -> ClientFrame {
     ClientFrame::Publish {
-        id: id.to_owned(),
-        room: room.to_owned(),
-        event: "chat".to_owned(),
-        data: serde_json::json!({ "n": n }),
+        id: roomcast_schemas::EventId::new(id.to_owned()).unwrap(),
+        room: roomcast_schemas::RoomName::new(room.to_owned()).unwrap(),
+        event: roomcast_schemas::EventName::new("chat".to_owned()).unwrap(),
+        data: serde_json::value::to_raw_value(&serde_json::json!({ "n": n })).unwrap(),
     }
 }
 
@@ -134,7 +134,7 @@ async fn join(ws: &mut Ws, room: &str, since: Option<u64>) -> u64 {
     send(
         ws,
         &ClientFrame::Join {
-            room: room.to_owned(),
+            room: roomcast_schemas::RoomName::new(room.to_owned()).unwrap(),
             since,
         },
     )

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{TestApp, event_id, nz, room};
-use roomcast_schemas::{ClientFrame, ErrorCode, ServerFrame};
+use roomcast_schemas::{ClientFrame, ErrorCode, RoomName, ServerFrame};
 use serde_json::json;
 use std::collections::HashMap;
 use tokio_tungstenite::tungstenite::Message;
@@ -16,7 +16,7 @@ async fn join_of_a_forbidden_room_is_refused() {
     let other = room();
     client
         .send(&ClientFrame::Join {
-            room: other.clone(),
+            room: RoomName::new(other.clone()).unwrap(),
             since: None,
         })
         .await;
@@ -47,7 +47,9 @@ async fn publish_without_joining_is_not_joined() {
     client.join(&room).await;
     client.publish_acked("e2", &room, json!(2)).await;
     client
-        .send(&ClientFrame::Leave { room: room.clone() })
+        .send(&ClientFrame::Leave {
+            room: RoomName::new(room.clone()).unwrap(),
+        })
         .await;
     client
         .recv_where(|f| matches!(f, ServerFrame::Left { room: r } if *r == room))
@@ -320,7 +322,7 @@ async fn too_many_rooms_is_refused() {
     client.join(&rooms[1]).await;
     client
         .send(&ClientFrame::Join {
-            room: rooms[2].clone(),
+            room: RoomName::new(rooms[2].clone()).unwrap(),
             since: None,
         })
         .await;
@@ -328,7 +330,7 @@ async fn too_many_rooms_is_refused() {
     // After leaving one, there is room again.
     client
         .send(&ClientFrame::Leave {
-            room: rooms[0].clone(),
+            room: RoomName::new(rooms[0].clone()).unwrap(),
         })
         .await;
     client

@@ -6,7 +6,8 @@
 //! - [`envelope`]: what travels through the durable broker: the inbound event a gateway
 //!   publishes ([`InboundEvent`]), the fan-out message a worker publishes ([`FanoutMessage`])
 //!   and the dead letter of an event that could not be processed ([`DeadLetter`]).
-//! - [`names`]: the syntax of room names, room patterns, event names and event ids.
+//! - [`names`]: the syntax of room names, room patterns, event names and event ids, and the
+//!   validated [`RoomName`], [`EventName`] and [`EventId`].
 //!
 //! Every type here has a JSON Schema file under `schemas/json/`; the tests prove that the
 //! documented examples validate against the schema and round-trip through the type.
@@ -16,8 +17,8 @@ pub mod frames;
 pub mod names;
 
 pub use envelope::{DeadLetter, ENVELOPE_VERSION, FanoutMessage, InboundEvent, decode_fanout};
-pub use frames::{ClientFrame, ErrorCode, ServerFrame};
-pub use names::NameError;
+pub use frames::{AccessToken, ClientFrame, ErrorCode, FrameError, ServerFrame};
+pub use names::{EventId, EventName, NameError, RoomName};
 
 /// Milliseconds since the Unix epoch: the clock of every envelope's `ts` and of every
 /// timestamp Roomcast writes (0 if the system clock is before 1970).

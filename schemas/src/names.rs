@@ -5,7 +5,12 @@
 //!   (`team-*`, or `*` alone for every room).
 //! - Event name: 1–64 characters from the room-name alphabet.
 //! - Event id: 1–128 printable ASCII characters without spaces (`!`–`~`), e.g. a UUID.
+//!
+//! [`RoomName`], [`EventName`] and [`EventId`] hold names that passed these checks: frames and
+//! envelopes are made of them, so a name is checked once, when it is parsed.
 
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
 use thiserror::Error;
 
 /// Longest room name.
@@ -60,3 +65,110 @@ pub fn room_matches(pattern: &str, room: &str) -> bool {
         None => pattern == room,
     }
 }
+
+/// Defines a validated name type: a string that passed its check once, when it was made (from a
+/// frame, an envelope or code), so that no later step checks it again.
+macro_rules! name_type {
+    ($(#[$doc:meta])* $name:ident($inner:ty), $check:path) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+        #[serde(try_from = "String", into = "String")]
+        pub struct $name($inner);
+
+        impl $name {
+            /// Checks `text` and wraps it.
+            pub fn new(text: impl Into<String> + AsRef<str>) -> Result<Self, NameError> {
+                $check(text.as_ref())?;
+                Ok($name(<$inner>::from(text.into())))
+            }
+
+            /// The name as a string slice.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::ops::Deref for $name {
+            type Target = str;
+            fn deref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl AsRef<str> for $name {
+            fn as_ref(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::borrow::Borrow<str> for $name {
+            fn borrow(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl std::fmt::Display for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<String> for $name {
+            type Error = NameError;
+            fn try_from(text: String) -> Result<Self, NameError> {
+                $name::new(text)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = NameError;
+            fn try_from(text: &str) -> Result<Self, NameError> {
+                $name::new(text)
+            }
+        }
+
+        impl From<$name> for String {
+            fn from(name: $name) -> String {
+                name.0.to_string()
+            }
+        }
+
+        impl PartialEq<str> for $name {
+            fn eq(&self, other: &str) -> bool {
+                &*self.0 == other
+            }
+        }
+
+        impl PartialEq<&str> for $name {
+            fn eq(&self, other: &&str) -> bool {
+                &*self.0 == *other
+            }
+        }
+    };
+}
+
+name_type!(
+    /// A room name that passed [`check_room`]. Cheap to clone (the text is shared), since the
+    /// gateway keeps a room's name in its registry and in every member's delivery state.
+    RoomName(Arc<str>),
+    check_room
+);
+
+impl RoomName {
+    /// The shared text of the name.
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+name_type!(
+    /// An event name that passed [`check_event`].
+    EventName(Box<str>),
+    check_event
+);
+
+name_type!(
+    /// An event id that passed [`check_id`].
+    EventId(Box<str>),
+    check_id
+);

@@ -232,6 +232,8 @@ fn all_error_codes() -> Vec<ErrorCode> {
         ErrorCode::TooManyRooms,
         ErrorCode::RateLimited,
         ErrorCode::Unavailable,
+        ErrorCode::TokenExpired,
+        ErrorCode::InvalidToken,
         ErrorCode::Internal,
     ];
     for code in all {
@@ -243,6 +245,8 @@ fn all_error_codes() -> Vec<ErrorCode> {
             | ErrorCode::TooManyRooms
             | ErrorCode::RateLimited
             | ErrorCode::Unavailable
+            | ErrorCode::TokenExpired
+            | ErrorCode::InvalidToken
             | ErrorCode::Internal => {} // Add a new variant to `all` above too.
         }
     }
@@ -315,14 +319,24 @@ fn protocol_doc_examples_validate_and_round_trip() {
     let client_types = shown(Kind::ClientFrame, "type");
     assert_eq!(
         client_types,
-        ["join", "leave", "publish"].map(String::from).into()
+        ["join", "leave", "publish", "refresh"]
+            .map(String::from)
+            .into()
     );
     let server_types = shown(Kind::ServerFrame, "type");
     assert_eq!(
         server_types,
-        ["ack", "error", "joined", "left", "message"]
-            .map(String::from)
-            .into()
+        [
+            "ack",
+            "error",
+            "joined",
+            "left",
+            "message",
+            "refreshed",
+            "token_expiring",
+        ]
+        .map(String::from)
+        .into()
     );
     let codes: BTreeSet<String> = all_error_codes()
         .iter()
@@ -361,7 +375,9 @@ fn protocol_doc_documents_every_error_code_and_close_code() {
             "protocol.md has no row for HTTP error {http}"
         );
     }
-    for close in ["1000", "1001", "1008", "1009", "1011", "4008"] {
+    for close in [
+        "1000", "1001", "1002", "1007", "1008", "1009", "1011", "4001", "4008",
+    ] {
         assert!(
             text.contains(&format!("| {close} |")),
             "protocol.md has no row for close code {close}"
@@ -579,6 +595,21 @@ fn invalid_documents_are_rejected_by_schema_and_rust() {
             "unknown field in publish",
         ),
         (Kind::ClientFrame, json!({"type": "join"}), "missing room"),
+        (
+            Kind::ClientFrame,
+            json!({"type": "join", "room": "lobby", "since": null}),
+            "null since",
+        ),
+        (
+            Kind::ClientFrame,
+            json!({"type": "refresh"}),
+            "refresh without a token",
+        ),
+        (
+            Kind::ClientFrame,
+            json!({"type": "refresh", "token": "t", "room": "lobby"}),
+            "refresh with a room",
+        ),
         (
             Kind::ClientFrame,
             without(publish("p-1", "lobby", "chat"), "id"),
@@ -1004,10 +1035,10 @@ fn boundary_values_are_accepted_by_both() {
     assert_eq!(
         frame,
         ClientFrame::Publish {
-            id: "a".into(),
-            room: "a".into(),
-            event: "a".into(),
-            data: Value::Null
+            id: "a".try_into().unwrap(),
+            room: "a".try_into().unwrap(),
+            event: "a".try_into().unwrap(),
+            data: serde_json::value::RawValue::NULL.to_owned(),
         }
     );
 }
@@ -1020,14 +1051,11 @@ fn known_differences_between_schema_and_serde() {
     let rust_accepts = |kind: Kind, doc: &Value| {
         kind.serde_round_trip(&doc.to_string()).is_ok() && kind.check_names(doc).is_ok()
     };
-    // Stricter in the schema: null for an omitted optional field (serde reads it as omitted),
+    // Stricter in the schema: null for an omitted optional field of a server frame (serde reads
+    // it as omitted; client frames refuse it, as the schema does),
     // a message seq of 0 (seqs start at 1), and envelope versions other than 1 (serde reads any
     // version so that a consumer can report an unsupported one).
     let schema_only: Vec<(Kind, Value)> = vec![
-        (
-            Kind::ClientFrame,
-            json!({"type": "join", "room": "lobby", "since": null}),
-        ),
         (
             Kind::ServerFrame,
             json!({"type": "error", "code": "internal", "message": "x", "id": null}),

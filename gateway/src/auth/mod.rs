@@ -196,6 +196,8 @@ pub struct Claims {
     pub rooms: Vec<String>,
     /// Expiry, seconds since the epoch.
     pub exp: u64,
+    /// Issued at, seconds since the epoch, when the token says.
+    pub iat: Option<u64>,
 }
 
 impl Claims {
@@ -233,6 +235,10 @@ pub enum AuthError {
         "invalid token claims: `exp` must be a number, `sub` a non-empty string and `rooms` a list of room patterns"
     )]
     InvalidClaims,
+    /// The token lives longer (`exp` − `iat`) than the configured maximum, or has no `iat`
+    /// while a maximum is configured.
+    #[error("token lifetime (exp - iat) is longer than this server accepts, or iat is missing")]
+    LifetimeTooLong,
 }
 
 impl AuthError {
@@ -246,6 +252,7 @@ impl AuthError {
             Self::InvalidAudience => "invalid_audience",
             Self::InvalidIssuer => "invalid_issuer",
             Self::InvalidClaims => "invalid_claims",
+            Self::LifetimeTooLong => "token_lifetime_too_long",
         }
     }
 
@@ -299,6 +306,15 @@ impl AuthConfigError {
     }
 }
 
+/// Longest accepted `sub`, in bytes.
+pub const MAX_SUB_LEN: usize = 256;
+
+/// Whether `sub` can be a user id: 1–[`MAX_SUB_LEN`] bytes without control characters (it
+/// appears as `from` in every message the user publishes, and in logs).
+fn is_user_id(sub: &str) -> bool {
+    !sub.is_empty() && sub.len() <= MAX_SUB_LEN && !sub.chars().any(char::is_control)
+}
+
 /// Verifies tokens with the configured algorithm and key.
 #[derive(Clone)]
 pub struct Verifier {
@@ -333,6 +349,8 @@ struct WireClaims {
     rooms: Option<Loose<Vec<String>>>,
     #[serde(default)]
     exp: Option<NumericDate>,
+    #[serde(default)]
+    iat: Option<NumericDate>,
 }
 
 #[derive(Deserialize)]
@@ -458,7 +476,7 @@ impl Verifier {
         let wire = data.claims;
 
         let sub = match wire.sub {
-            Some(Loose::Good(sub)) if !sub.is_empty() => sub,
+            Some(Loose::Good(sub)) if is_user_id(&sub) => sub,
             _ => return Err(AuthError::InvalidClaims),
         };
         let rooms = match wire.rooms {
@@ -471,7 +489,16 @@ impl Verifier {
             .as_ref()
             .and_then(NumericDate::seconds)
             .ok_or(AuthError::InvalidClaims)?;
-        Ok(Claims { sub, rooms, exp })
+        let iat = match &wire.iat {
+            None => None,
+            Some(date) => Some(date.seconds().ok_or(AuthError::InvalidClaims)?),
+        };
+        Ok(Claims {
+            sub,
+            rooms,
+            exp,
+            iat,
+        })
     }
 }
 

@@ -1,6 +1,7 @@
 //! Rate limits (governor's GCRA): per connection, per user and per client IP.
 //!
-//! - Every connection has its own direct limiter for publishes ([`ConnectionLimits`]).
+//! - Every connection has its own direct limiters for publishes, for joins and leaves, and for
+//!   joins with `since` (history replays) ([`ConnectionLimits`]).
 //! - Every user has one limiter shared by all of the user's connections on this gateway,
 //!   keyed by user id.
 //! - Every client IP has a limiter for WebSocket handshakes.
@@ -45,6 +46,15 @@ pub struct LimitsConfig {
     pub handshakes_per_sec_per_ip: NonZeroU32,
     /// Handshake burst per client IP. Default 200.
     pub handshake_burst_per_ip: NonZeroU32,
+    /// Joins and leaves per second per connection. Default 10.
+    pub join_per_sec: NonZeroU32,
+    /// Join and leave burst per connection; enough for a reconnect that rejoins every room.
+    /// Default 100.
+    pub join_burst: NonZeroU32,
+    /// Joins with `since` (history replays) per second per connection. Default 2.
+    pub replay_per_sec: NonZeroU32,
+    /// Replay burst per connection. Default 100.
+    pub replay_burst: NonZeroU32,
 }
 
 /// `n` as a `NonZeroU32`, checked at compile time.
@@ -64,10 +74,22 @@ impl LimitsConfig {
         user_publish_burst: nz(400),
         handshakes_per_sec_per_ip: nz(100),
         handshake_burst_per_ip: nz(200),
+        join_per_sec: nz(10),
+        join_burst: nz(100),
+        replay_per_sec: nz(2),
+        replay_burst: nz(100),
     };
 
     fn connection_quota(&self) -> Quota {
         Quota::per_second(self.publish_per_sec).allow_burst(self.publish_burst)
+    }
+
+    fn join_quota(&self) -> Quota {
+        Quota::per_second(self.join_per_sec).allow_burst(self.join_burst)
+    }
+
+    fn replay_quota(&self) -> Quota {
+        Quota::per_second(self.replay_per_sec).allow_burst(self.replay_burst)
     }
 
     fn user_quota(&self) -> Quota {
@@ -191,6 +213,12 @@ impl ConnectionLimits {
     pub fn check_publish(&self, limits: &Limits, user: &str) -> Result<(), RateLimited> {
         self.conn.check_publish(&limits.shared, user)
     }
+
+    /// Charges one join or leave to this connection; a join with `since` (`replay`) is also
+    /// charged to the connection's replay limit.
+    pub fn check_join(&self, replay: bool) -> Result<(), RateLimited> {
+        self.conn.check_join(replay)
+    }
 }
 
 type DirectLimiter<C> =
@@ -202,6 +230,8 @@ type KeyedLimiter<K, C> =
 struct Shared<C: Clock> {
     config: LimitsConfig,
     connection_quota: Quota,
+    join_quota: Quota,
+    replay_quota: Quota,
     users: KeyedLimiter<Arc<str>, C>,
     ips: KeyedLimiter<IpAddr, C>,
     clock: C,
@@ -212,6 +242,8 @@ impl<C: Clock + Clone> Shared<C> {
         Self {
             config: config.clone(),
             connection_quota: config.connection_quota(),
+            join_quota: config.join_quota(),
+            replay_quota: config.replay_quota(),
             users: RateLimiter::dashmap_with_clock(config.user_quota(), clock.clone()),
             ips: RateLimiter::dashmap_with_clock(config.handshake_quota(), clock.clone()),
             clock,
@@ -227,6 +259,8 @@ impl<C: Clock + Clone> Shared<C> {
     fn connection(&self) -> ConnectionCore<C> {
         ConnectionCore {
             limiter: RateLimiter::direct_with_clock(self.connection_quota, self.clock.clone()),
+            joins: RateLimiter::direct_with_clock(self.join_quota, self.clock.clone()),
+            replays: RateLimiter::direct_with_clock(self.replay_quota, self.clock.clone()),
             user: OnceLock::new(),
         }
     }
@@ -242,10 +276,24 @@ impl<C: Clock + Clone> Shared<C> {
 /// One connection's limiter and its user's key.
 struct ConnectionCore<C: Clock> {
     limiter: DirectLimiter<C>,
+    joins: DirectLimiter<C>,
+    replays: DirectLimiter<C>,
     user: OnceLock<Arc<str>>,
 }
 
 impl<C: Clock> ConnectionCore<C> {
+    fn check_join(&self, replay: bool) -> Result<(), RateLimited> {
+        self.joins
+            .check()
+            .map_err(|not_until| limited(&not_until, self.joins.clock()))?;
+        if replay {
+            self.replays
+                .check()
+                .map_err(|not_until| limited(&not_until, self.replays.clock()))?;
+        }
+        Ok(())
+    }
+
     fn check_publish(&self, shared: &Shared<C>, user: &str) -> Result<(), RateLimited> {
         self.limiter
             .check()

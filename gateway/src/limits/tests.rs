@@ -14,6 +14,7 @@ fn config(conn: (u32, u32), user: (u32, u32), ip: (u32, u32)) -> LimitsConfig {
         user_publish_burst: nz(user.1),
         handshakes_per_sec_per_ip: nz(ip.0),
         handshake_burst_per_ip: nz(ip.1),
+        ..LimitsConfig::DEFAULT
     }
 }
 
@@ -237,4 +238,30 @@ fn public_api_on_the_real_clock() {
         text.contains("tracked_users") && text.contains("alice"),
         "{text}"
     );
+}
+
+#[test]
+fn joins_and_replays_are_limited_per_connection() {
+    let mut limits = config((1000, 1000), (1000, 1000), (1, 1));
+    limits.join_per_sec = nz(10);
+    limits.join_burst = nz(4);
+    limits.replay_per_sec = nz(1);
+    limits.replay_burst = nz(2);
+    let (shared, clock) = fake(&limits);
+    let conn = shared.connection();
+    // Two replays spend the replay burst; joins without `since` still go until their burst.
+    conn.check_join(true).expect("replay 1");
+    conn.check_join(true).expect("replay 2");
+    let refused = conn.check_join(true).unwrap_err();
+    assert!(refused.retry_after <= Duration::from_secs(1), "{refused:?}");
+    conn.check_join(false).expect("join 4 of the burst");
+    assert!(conn.check_join(false).is_err(), "join burst spent");
+    // Another connection has its own allowance.
+    shared
+        .connection()
+        .check_join(true)
+        .expect("other connection");
+    clock.advance(Duration::from_secs(1));
+    conn.check_join(true)
+        .expect("replay allowed again after a second");
 }

@@ -21,7 +21,7 @@ use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use roomcast_broker::testkit::first_host;
 use roomcast_gateway::auth::Minter;
-use roomcast_schemas::{ClientFrame, ErrorCode, ServerFrame};
+use roomcast_schemas::{ClientFrame, ErrorCode, EventId, EventName, RoomName, ServerFrame};
 use roomcast_worker::Store;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
@@ -629,7 +629,7 @@ impl Client {
         since: Option<u64>,
     ) -> Result<u64, Option<ServerFrame>> {
         let join = ClientFrame::Join {
-            room: room.to_owned(),
+            room: RoomName::new(room).expect("valid room"),
             since,
         };
         if !self.send(&join).await {
@@ -965,10 +965,10 @@ impl Peer {
                         in_flight.insert(position);
                         next_send = Instant::now() + spec.interval;
                         let frame = ClientFrame::Publish {
-                            id: spec.ids[position].clone(),
-                            room: spec.room.clone(),
-                            event: "test".to_owned(),
-                            data: serde_json::json!({ "n": position }),
+                            id: EventId::new(spec.ids[position].clone()).expect("valid id"),
+                            room: RoomName::new(spec.room.clone()).expect("valid room"),
+                            event: EventName::new("test").expect("valid event"),
+                            data: serde_json::value::to_raw_value(&position).expect("JSON"),
                         };
                         if !client.send(&frame).await {
                             report.reconnects += 1;

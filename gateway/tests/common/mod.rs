@@ -7,7 +7,7 @@ use roomcast_broker::EmbeddedOptions;
 use roomcast_gateway::auth::{AuthConfig, Minter};
 use roomcast_gateway::config::GatewayConfig;
 use roomcast_gateway::{AppError, AppOptions, EmbeddedApp, Gateway};
-use roomcast_schemas::{ClientFrame, ErrorCode, ServerFrame};
+use roomcast_schemas::{ClientFrame, ErrorCode, EventId, EventName, RoomName, ServerFrame};
 use roomcast_worker::Store;
 use serde_json::{Value, json};
 use std::collections::VecDeque;
@@ -353,7 +353,7 @@ impl Client {
     /// about the room.
     pub(crate) async fn join_since(&mut self, room: &str, since: Option<u64>) -> u64 {
         self.send(&ClientFrame::Join {
-            room: room.to_owned(),
+            room: RoomName::new(room).expect("valid room"),
             since,
         })
         .await;
@@ -366,12 +366,7 @@ impl Client {
 
     /// Sends a publish frame.
     pub(crate) async fn publish(&mut self, id: &str, room: &str, data: Value) {
-        let frame = ClientFrame::Publish {
-            id: id.to_owned(),
-            room: room.to_owned(),
-            event: "msg".to_owned(),
-            data,
-        };
+        let frame = publish_frame(id, room, &data);
         self.send(&frame).await;
     }
 
@@ -451,12 +446,7 @@ impl Client {
         let frames: Vec<Message> = ids
             .iter()
             .map(|id| {
-                let frame = ClientFrame::Publish {
-                    id: id.clone(),
-                    room: room.to_owned(),
-                    event: "msg".to_owned(),
-                    data: data.clone(),
-                };
+                let frame = publish_frame(id, room, &data);
                 Message::text(serde_json::to_string(&frame).unwrap())
             })
             .collect();
@@ -505,6 +495,18 @@ pub(crate) fn frame_room(frame: &ServerFrame) -> Option<&str> {
         | ServerFrame::Left { room }
         | ServerFrame::Message { room, .. } => Some(room),
         ServerFrame::Error { room, .. } => room.as_deref(),
-        ServerFrame::Ack { .. } => None,
+        ServerFrame::Ack { .. }
+        | ServerFrame::TokenExpiring { .. }
+        | ServerFrame::Refreshed { .. } => None,
+    }
+}
+
+/// A publish frame of event `msg`.
+pub(crate) fn publish_frame(id: &str, room: &str, data: &Value) -> ClientFrame {
+    ClientFrame::Publish {
+        id: EventId::new(id).expect("valid id"),
+        room: RoomName::new(room).expect("valid room"),
+        event: EventName::new("msg").expect("valid event"),
+        data: serde_json::value::to_raw_value(data).expect("JSON"),
     }
 }

@@ -2,39 +2,107 @@
 //!
 //! Every frame is a JSON object whose `type` field names the frame. Unknown frame types and
 //! unknown fields are rejected (the gateway answers `invalid_frame`).
+//!
+//! # Layout
+//! - this file: [`ClientFrame`], [`ServerFrame`], [`ErrorCode`].
+//! - `parse`: how a client frame is read ([`ClientFrame::parse`], [`FrameError`]).
 
+mod parse;
+
+use crate::names::{EventId, EventName, RoomName};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use serde_json::value::RawValue;
+
+pub use parse::FrameError;
 
 /// A frame sent by a client.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+///
+/// Parse one with [`ClientFrame::parse`], which says what is wrong with a bad frame without
+/// repeating the client's text and tells which of its names were valid; `Deserialize` parses the
+/// same way. `data` is kept as the client wrote it (raw JSON text), so that big integers and
+/// exponents reach the room's members unchanged.
+#[derive(Debug, Clone, Serialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
 pub enum ClientFrame {
     /// Join a room; with `since`, first receive every message with a seq greater than it.
     Join {
         /// Room name.
-        room: String,
+        room: RoomName,
         /// Last seq the client has seen in this room; omitted for live messages only.
-        #[serde(default, skip_serializing_if = "Option::is_none")]
+        #[serde(skip_serializing_if = "Option::is_none")]
         since: Option<u64>,
     },
     /// Leave a room.
     Leave {
         /// Room name.
-        room: String,
+        room: RoomName,
     },
     /// Publish an event into a joined room.
     Publish {
         /// Client-chosen unique event id (1–128 chars); retries reuse it.
-        id: String,
+        id: EventId,
         /// Room name.
-        room: String,
+        room: RoomName,
         /// Event name.
-        event: String,
-        /// Any JSON value; `null` when omitted.
-        #[serde(default)]
-        data: Value,
+        event: EventName,
+        /// Any JSON value, verbatim; `null` when omitted.
+        data: Box<RawValue>,
     },
+    /// Replace the connection's token before it expires (same `sub`).
+    Refresh {
+        /// The new token.
+        token: AccessToken,
+    },
+}
+
+impl PartialEq for ClientFrame {
+    fn eq(&self, other: &Self) -> bool {
+        use ClientFrame::*;
+        match (self, other) {
+            (Join { room: a, since: x }, Join { room: b, since: y }) => a == b && x == y,
+            (Leave { room: a }, Leave { room: b }) => a == b,
+            (
+                Publish {
+                    id: a,
+                    room: b,
+                    event: c,
+                    data: d,
+                },
+                Publish {
+                    id: e,
+                    room: f,
+                    event: g,
+                    data: h,
+                },
+            ) => a == e && b == f && c == g && d.get() == h.get(),
+            (Refresh { token: a }, Refresh { token: b }) => a == b,
+            _ => false,
+        }
+    }
+}
+
+/// A JWT as carried by a `refresh` frame. Its `Debug` output is redacted: tokens are secrets.
+#[derive(Clone, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct AccessToken(String);
+
+impl AccessToken {
+    /// Wraps a token.
+    pub fn new(token: impl Into<String>) -> Self {
+        AccessToken(token.into())
+    }
+
+    /// The token text, for verification.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for AccessToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AccessToken(<redacted>)")
+    }
 }
 
 /// A frame sent by the server.
@@ -75,6 +143,17 @@ pub enum ServerFrame {
         /// The published data.
         data: Value,
     },
+    /// The connection's token expires at `exp`: send `refresh` with a new token before then
+    /// (plus the configured grace), or the connection is closed with 4001.
+    TokenExpiring {
+        /// The token's expiry, seconds since the Unix epoch.
+        exp: u64,
+    },
+    /// Answers `refresh`: the new token is in effect until `exp`.
+    Refreshed {
+        /// The new token's expiry, seconds since the Unix epoch.
+        exp: u64,
+    },
     /// A request failed; non-fatal errors leave the connection usable.
     Error {
         /// Machine-readable error code.
@@ -111,6 +190,11 @@ pub enum ErrorCode {
     RateLimited,
     /// The broker could not confirm the event; retry with the same id.
     Unavailable,
+    /// A join or publish after the connection's token expired; send `refresh` first.
+    TokenExpired,
+    /// A `refresh` token was refused (bad signature, expired, another user, …); the old token
+    /// stays in effect until it expires.
+    InvalidToken,
     /// An unexpected server fault; details are in the server log only.
     Internal,
 }
@@ -126,6 +210,8 @@ impl ErrorCode {
             ErrorCode::TooManyRooms => "too_many_rooms",
             ErrorCode::RateLimited => "rate_limited",
             ErrorCode::Unavailable => "unavailable",
+            ErrorCode::TokenExpired => "token_expired",
+            ErrorCode::InvalidToken => "invalid_token",
             ErrorCode::Internal => "internal",
         }
     }
