@@ -43,6 +43,8 @@ pub const DEFAULT_MAX_CONNECTIONS: usize = 50_000;
 pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
 /// Default time a client gets to send a request's headers.
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default time the gateway takes at most to answer a request (the WebSocket handshake too).
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default lifetime of tokens minted by `GET /dev/token`.
 pub const DEFAULT_DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
@@ -107,6 +109,10 @@ pub struct GatewayConfig {
     /// Time a client gets to send the headers of a request (slowloris defence); the
     /// connection is closed without an answer after it.
     pub header_read_timeout: Duration,
+    /// Longest time from a request's headers to its answer (the WebSocket upgrade
+    /// included); HTTP 408 after it. Upgraded sessions and streamed bodies are not bound
+    /// by it.
+    pub handshake_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -135,6 +141,7 @@ impl GatewayConfig {
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_user: DEFAULT_MAX_CONNECTIONS_PER_USER,
             header_read_timeout: DEFAULT_HEADER_READ_TIMEOUT,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         }
     }
 
@@ -184,6 +191,7 @@ impl GatewayConfig {
         let positive = [
             ("write_timeout", self.write_timeout),
             ("header_read_timeout", self.header_read_timeout),
+            ("handshake_timeout", self.handshake_timeout),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, value)| value.is_zero()) {
             return Err(ConfigError(format!("{name} must be greater than zero")));

@@ -5,8 +5,8 @@
 //! - [`limits`]: governor rate limits per connection, per user and per client IP.
 //! - [`cli`]: the binaries' command-line options and their conversion into a config.
 //! - [`config`]: [`GatewayConfig`], every setting with its default and validation.
-//! - [`server`]: the routes (`/ws`, `/healthz`, `/readyz`, `/`, `/dev/token`), the handshake,
-//!   and [`serve`] with graceful shutdown.
+//! - [`server`]: the routes (`/ws`, `/healthz`, `/readyz`, `/`, `/dev/token`) and the handshake.
+//! - `listen`: [`serve`], the accept loop with hyper's timeouts and graceful shutdown.
 //! - `session`: the session core, one connection whatever its front door: frames, joins,
 //!   pipelined publishes, delivery without gap or duplicate, limits and timers.
 //! - `ws`: the WebSocket front door, a transport for the session core.
@@ -23,6 +23,7 @@ pub mod config;
 pub mod error;
 mod fanout;
 pub mod limits;
+mod listen;
 mod outbound;
 mod rooms;
 pub mod server;
@@ -32,7 +33,8 @@ mod ws;
 pub use app::{AppError, AppOptions, EmbeddedApp, run_embedded, run_gateway};
 pub use config::GatewayConfig;
 pub use error::GatewayError;
-pub use server::{Gateway, serve};
+pub use listen::serve;
+pub use server::Gateway;
 
 /// Close code when the gateway shuts down.
 pub const CLOSE_GOING_AWAY: u16 = session::Close::GOING_AWAY.code;

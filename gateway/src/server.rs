@@ -13,6 +13,7 @@ use crate::auth::{AuthError, Claims, Minter, Verifier, VerifyKey, token_from_req
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::limits::Limits;
+pub use crate::listen::serve;
 use crate::rooms::Rooms;
 use crate::{fanout, session, ws};
 use axum::Json;
@@ -23,21 +24,19 @@ use axum::extract::{ConnectInfo, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use roomcast_broker::Broker;
 use roomcast_worker::Store;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;
-use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::time::Duration;
-use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tower_http::timeout::TimeoutLayer;
 use tower_http::trace::TraceLayer;
 
 /// The chat page served at `GET /`.
@@ -257,9 +256,9 @@ impl Gateway {
         Ok(Gateway { shared })
     }
 
-    /// The gateway's routes. Serve them with connect info
-    /// (`into_make_service_with_connect_info::<SocketAddr>()`): the handshake limit is per
-    /// client IP.
+    /// The gateway's routes. Serve them with [`serve`](crate::serve), or yourself with
+    /// connect info (`into_make_service_with_connect_info::<SocketAddr>()`): the handshake
+    /// limit is per client IP.
     pub fn router(&self) -> Router {
         Router::new()
             .route("/ws", get(ws_handler))
@@ -267,6 +266,10 @@ impl Gateway {
             .route("/readyz", get(readyz))
             .route("/", get(chat_page))
             .route("/dev/token", get(dev_token))
+            .layer(TimeoutLayer::with_status_code(
+                StatusCode::REQUEST_TIMEOUT,
+                self.shared.config.handshake_timeout,
+            ))
             .layer(
                 // Spans carry the path only: the query of `/ws` may hold `access_token`.
                 TraceLayer::new_for_http().make_span_with(|request: &Request<_>| {
@@ -321,57 +324,6 @@ impl Gateway {
         self.shared.background_stop.cancel();
         let _ = tokio::time::timeout(grace, self.shared.background.wait()).await;
     }
-}
-
-/// Serves `gateway` on `listener` until `shutdown` completes, then stops accepting, closes
-/// every session with 1001, waits for them (bounded by `shutdown_grace`) and stops the
-/// gateway's background tasks.
-pub async fn serve(
-    listener: TcpListener,
-    gateway: Gateway,
-    shutdown: impl Future<Output = ()> + Send,
-) -> Result<(), GatewayError> {
-    if let Ok(addr) = listener.local_addr() {
-        tracing::info!(%addr, "gateway listening");
-    }
-    let stopping = CancellationToken::new();
-    let app = gateway
-        .router()
-        .into_make_service_with_connect_info::<SocketAddr>();
-    // Frames are small and written as soon as they are ready: no Nagle delay on acks.
-    let listener = listener.tap_io(|tcp| {
-        if let Err(error) = tcp.set_nodelay(true) {
-            tracing::debug!(%error, "setting TCP_NODELAY failed");
-        }
-    });
-    let server =
-        axum::serve(listener, app).with_graceful_shutdown(stopping.clone().cancelled_owned());
-    let mut server = std::pin::pin!(server.into_future());
-    let early = tokio::select! {
-        result = &mut server => Some(result),
-        () = shutdown => None,
-    };
-    let result = match early {
-        Some(result) => {
-            gateway.shutdown().await;
-            result.map_err(GatewayError::Serve)
-        }
-        None => {
-            tracing::info!("gateway shutting down");
-            stopping.cancel();
-            gateway.begin_shutdown();
-            // Plain HTTP requests finish; upgraded connections are the sessions below.
-            let grace = gateway.shared.config.shutdown_grace;
-            let served = tokio::time::timeout(grace, &mut server).await;
-            gateway.shutdown().await;
-            match served {
-                Ok(result) => result.map_err(GatewayError::Serve),
-                Err(_) => Ok(()),
-            }
-        }
-    };
-    tracing::info!("gateway stopped");
-    result
 }
 
 fn json_error(status: StatusCode, error: &str, message: impl Into<String>) -> Response {
