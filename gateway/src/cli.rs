@@ -6,8 +6,8 @@
 
 use crate::auth::{AuthConfig, JwtAlgorithm, Minter, random_secret};
 use crate::config::{
-    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_ROOMS_PER_CONNECTION, DEFAULT_OUTBOUND_QUEUE,
-    GatewayConfig,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_USER, DEFAULT_MAX_FRAME_BYTES,
+    DEFAULT_MAX_ROOMS_PER_CONNECTION, DEFAULT_OUTBOUND_QUEUE, DEFAULT_REPLAY_BYTES, GatewayConfig,
 };
 use crate::limits::LimitsConfig;
 use clap::Args;
@@ -146,6 +146,45 @@ pub struct GatewayArgs {
     /// Handshake burst per client IP.
     #[arg(long, env = "ROOMCAST_HANDSHAKE_BURST", default_value_t = LimitsConfig::DEFAULT.handshake_burst_per_ip)]
     pub handshake_burst: NonZeroU32,
+    /// Joins per second per connection.
+    #[arg(long, env = "ROOMCAST_JOIN_RATE", default_value_t = LimitsConfig::DEFAULT.join_per_sec)]
+    pub join_rate: NonZeroU32,
+    /// Join burst per connection.
+    #[arg(long, env = "ROOMCAST_JOIN_BURST", default_value_t = LimitsConfig::DEFAULT.join_burst)]
+    pub join_burst: NonZeroU32,
+    /// Joins with `since` (history replays) per second per connection.
+    #[arg(long, env = "ROOMCAST_REPLAY_RATE", default_value_t = LimitsConfig::DEFAULT.replay_per_sec)]
+    pub replay_rate: NonZeroU32,
+    /// Replay burst per connection.
+    #[arg(long, env = "ROOMCAST_REPLAY_BURST", default_value_t = LimitsConfig::DEFAULT.replay_burst)]
+    pub replay_burst: NonZeroU32,
+    /// A socket that accepts no write for this long is closed as a slow consumer (4008).
+    #[arg(long, env = "ROOMCAST_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub write_timeout: Duration,
+    /// History bytes a replay sends before it waits for the socket to take them.
+    #[arg(long, env = "ROOMCAST_REPLAY_BYTES", default_value_t = DEFAULT_REPLAY_BYTES)]
+    pub replay_bytes: usize,
+    /// How long before the token's `exp` the client gets `token_expiring`.
+    #[arg(long, env = "ROOMCAST_TOKEN_NOTICE", default_value = "60s", value_parser = humantime::parse_duration)]
+    pub token_notice: Duration,
+    /// After `exp`, how long a `refresh` is still accepted before the close with 4001.
+    #[arg(long, env = "ROOMCAST_TOKEN_GRACE", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub token_grace: Duration,
+    /// Longest accepted token lifetime (`exp` − `iat`), e.g. `24h` [default: no maximum].
+    #[arg(long, env = "ROOMCAST_MAX_TOKEN_LIFETIME", value_parser = humantime::parse_duration)]
+    pub max_token_lifetime: Option<Duration>,
+    /// Most open client connections (HTTP 503 beyond).
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+    /// Most open client connections per user (HTTP 429 beyond).
+    #[arg(long, env = "ROOMCAST_MAX_CONNECTIONS_PER_USER", default_value_t = DEFAULT_MAX_CONNECTIONS_PER_USER)]
+    pub max_connections_per_user: usize,
+    /// Time a client gets to send a request's headers.
+    #[arg(long, env = "ROOMCAST_HEADER_READ_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub header_read_timeout: Duration,
+    /// Longest time from a request's headers to its answer (HTTP 408 after it).
+    #[arg(long, env = "ROOMCAST_HANDSHAKE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
+    pub handshake_timeout: Duration,
     /// Token verification.
     #[command(flatten)]
     pub auth: AuthArgs,
@@ -170,8 +209,20 @@ impl GatewayArgs {
             user_publish_burst: self.user_publish_burst,
             handshakes_per_sec_per_ip: self.handshake_rate,
             handshake_burst_per_ip: self.handshake_burst,
-            ..LimitsConfig::DEFAULT
+            join_per_sec: self.join_rate,
+            join_burst: self.join_burst,
+            replay_per_sec: self.replay_rate,
+            replay_burst: self.replay_burst,
         };
+        config.write_timeout = self.write_timeout;
+        config.replay_bytes = self.replay_bytes;
+        config.token_notice = self.token_notice;
+        config.token_grace = self.token_grace;
+        config.max_token_lifetime = self.max_token_lifetime;
+        config.max_connections = self.max_connections;
+        config.max_connections_per_user = self.max_connections_per_user;
+        config.header_read_timeout = self.header_read_timeout;
+        config.handshake_timeout = self.handshake_timeout;
         config.dev_mode = dev_mode;
         config
             .validate()

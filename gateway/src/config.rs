@@ -227,6 +227,15 @@ impl GatewayConfig {
                     "dev_token_ttl must be greater than zero".into(),
                 ));
             }
+            if let Some(max) = self
+                .max_token_lifetime
+                .filter(|max| self.dev_token_ttl > *max)
+            {
+                return Err(ConfigError(format!(
+                    "dev_token_ttl ({:?}) must not exceed max_token_lifetime ({max:?}), or the dev tokens are refused",
+                    self.dev_token_ttl
+                )));
+            }
         }
         Ok(())
     }
@@ -281,6 +290,25 @@ mod tests {
         c.auth.algorithm = JwtAlgorithm::Rs256;
         c.auth.key = VerifyKey::PublicPem("-----BEGIN PUBLIC KEY-----".into());
         assert!(c.validate().unwrap_err().0.contains("dev_mode"));
+    }
+
+    #[test]
+    fn lifetime_settings_are_checked() {
+        let mut c = config();
+        c.write_timeout = Duration::ZERO;
+        assert!(c.validate().unwrap_err().0.contains("write_timeout"));
+        let mut c = config();
+        c.replay_bytes = c.max_frame_bytes - 1;
+        assert!(c.validate().unwrap_err().0.contains("replay_bytes"));
+        let mut c = config();
+        c.max_connections_per_user = 0;
+        assert!(c.validate().unwrap_err().0.contains("max_connections"));
+        let mut c = config();
+        c.dev_mode = true;
+        c.max_token_lifetime = Some(Duration::from_secs(600));
+        assert!(c.validate().unwrap_err().0.contains("max_token_lifetime"));
+        c.dev_token_ttl = Duration::from_secs(600);
+        assert_eq!(c.validate(), Ok(()));
     }
 
     #[test]
