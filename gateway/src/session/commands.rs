@@ -182,7 +182,7 @@ impl Session {
             Some(since) => {
                 // A `since` beyond the store's end (e.g. a reset store) resumes from the end.
                 self.delivery.start(name.clone(), since.min(last));
-                self.catch_up(transport, &name, None).await?;
+                Box::pin(self.catch_up(transport, &name, None)).await?;
             }
         }
         Ok(())

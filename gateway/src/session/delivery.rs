@@ -92,7 +92,7 @@ impl Session {
             }
             Outbound::Resync { room } => {
                 if self.delivery.contains(&room) {
-                    self.catch_up(transport, &room, None).await?;
+                    Box::pin(self.catch_up(transport, &room, None)).await?;
                 }
                 Ok(())
             }
@@ -114,7 +114,7 @@ impl Session {
             Next::Drop => return Ok(()),
             Next::Send => {}
             Next::Fill { to } => {
-                self.catch_up(transport, room, Some(to)).await?;
+                Box::pin(self.catch_up(transport, room, Some(to))).await?;
                 let Some(last) = self.delivery.last(room) else {
                     return Ok(());
                 };

@@ -121,7 +121,7 @@ pub(crate) async fn serve<T: Transport>(
 ) {
     let mut session = Session::new(gateway, claims, conn);
     let end = session.run(&mut transport).await;
-    session.finish(&mut transport, end).await;
+    Box::pin(session.finish(&mut transport, end)).await;
     drop(guard);
     tracing::debug!(conn, ?end, "connection ended");
 }
@@ -188,7 +188,7 @@ impl Session {
                 }
                 incoming = transport.recv(), if room_for_more => {
                     last_seen = Instant::now();
-                    self.on_incoming(transport, incoming).await
+                    Box::pin(self.on_incoming(transport, incoming)).await
                 }
                 Some(item) = self.rx.recv() => self.on_fanout_items(transport, item).await,
             };

@@ -483,3 +483,23 @@ async fn publishes_are_acked_in_order_after_the_broker_stored_them() {
     );
     env.broker.close().await;
 }
+
+/// The connection's task holds the session's future for its whole life: it must stay small
+/// (joins, replays and the close are boxed, as they are rare and their futures large).
+#[tokio::test]
+async fn a_connection_future_stays_small() {
+    let env = env(|_| {}).await;
+    let (_tx, incoming) = unbounded_channel();
+    let (written, _rx) = unbounded_channel();
+    let transport = ChannelTransport {
+        incoming,
+        written,
+        stuck: Arc::new(AtomicBool::new(false)),
+    };
+    let state = env.gateway.shared.clone();
+    let claims = claims("ann", &["*"], Duration::from_secs(60));
+    let guard = state.admit(&claims.sub).ok().expect("under the caps");
+    let future = serve(transport, state, claims, 1, guard);
+    let size = std::mem::size_of_val(&future);
+    assert!(size <= 2560, "the session future takes {size} bytes");
+}
