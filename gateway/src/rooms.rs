@@ -184,14 +184,13 @@ impl Rooms {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::outbound::OutboundRx;
     use bytes::Bytes;
     use roomcast_broker::{EmbeddedBroker, FanoutEvent, FanoutPublisher, FanoutSource};
     use std::time::Duration;
 
-    fn member() -> (MemberHandle, tokio::sync::mpsc::Receiver<Outbound>) {
-        let (mut handle, rx) = MemberHandle::new(4);
-        handle.limit = 1024;
-        (handle, rx)
+    fn member() -> (MemberHandle, OutboundRx) {
+        MemberHandle::new(4)
     }
 
     /// Whether `subscription` receives messages of `room`: publishes one to `room`, then one to
@@ -291,8 +290,7 @@ mod tests {
         let rooms = Rooms::new(Arc::from(broker.open().await.unwrap()));
         let room: Arc<str> = Arc::from("r");
         let (handle, _rx) = member();
-        let slow = handle.slow.clone();
-        rooms.join(&room, 1, handle).await.unwrap();
+        rooms.join(&room, 1, handle.clone()).await.unwrap();
         let batch = |seq: u64| -> FanoutBatch {
             Arc::from([crate::outbound::RoomMessage {
                 seq,
@@ -302,9 +300,9 @@ mod tests {
         for seq in 1..=4 {
             assert_eq!(rooms.deliver("r", &batch(seq)), 1);
         }
-        assert!(!slow.is_cancelled());
+        assert!(!handle.is_slow());
         rooms.deliver("r", &batch(5));
-        assert!(slow.is_cancelled());
+        assert!(handle.is_slow());
         assert_eq!(rooms.deliver("other", &batch(1)), 0);
         broker.close().await;
     }

@@ -84,7 +84,6 @@ impl Session {
     ) -> Result<(), End> {
         match item {
             Outbound::Fanout { room, messages } => {
-                self.member.taken(messages.len());
                 for message in messages.iter() {
                     self.deliver(transport, &room, message).await?;
                 }

@@ -53,7 +53,7 @@ pub(crate) use transport::{Close, Gone, Incoming, Transport};
 
 use crate::auth::Claims;
 use crate::limits::ConnectionLimits;
-use crate::outbound::{ConnId, MemberHandle, Outbound};
+use crate::outbound::{ConnId, MemberHandle, Outbound, OutboundRx, Received};
 use crate::server::{ConnectionGuard, GatewayState};
 use axum::extract::ws::Utf8Bytes;
 use delivery::Delivery;
@@ -61,7 +61,6 @@ use publish::Publishes;
 use roomcast_schemas::ServerFrame;
 use std::sync::Arc;
 use token::{TokenClock, TokenEvent, TokenTimes};
-use tokio::sync::mpsc;
 use tokio::time::Instant;
 
 /// Most publishes of one connection awaiting the broker's confirm; the next frame is read once
@@ -99,7 +98,7 @@ pub(crate) struct Session {
     /// The way into this connection's queue, as registered in its rooms.
     member: MemberHandle,
     /// Fan-out for this connection.
-    rx: mpsc::Receiver<Outbound>,
+    rx: OutboundRx,
     /// Per joined room, the last seq delivered.
     delivery: Delivery,
     /// Publishes awaiting their confirms.
@@ -149,14 +148,12 @@ impl Session {
     async fn run<T: Transport>(&mut self, transport: &mut T) -> End {
         let config = self.gateway.config.clone();
         let shutdown = self.gateway.sessions_stop.clone();
-        let slow = self.member.slow.clone();
         // Created once: a fresh `cancelled()` future per turn would register a waiter each time.
         let stopping = shutdown.cancelled();
-        let too_slow = slow.cancelled();
         let idle = tokio::time::sleep(config.idle_timeout);
         let ping = tokio::time::sleep(config.ping_interval);
         let token = tokio::time::sleep_until(self.token.deadline());
-        tokio::pin!(stopping, too_slow, idle, ping, token);
+        tokio::pin!(stopping, idle, ping, token);
         // Moved on by every input; the idle timer looks at it when it fires, rather than being
         // reset for every frame.
         let mut last_seen = Instant::now();
@@ -165,7 +162,6 @@ impl Session {
             let step = tokio::select! {
                 biased;
                 _ = &mut stopping => return End::Close(Close::GOING_AWAY),
-                _ = &mut too_slow => return self.slow_consumer(),
                 _ = &mut token => self.on_token_timer(),
                 _ = &mut idle => {
                     let due = last_seen + config.idle_timeout;
@@ -190,7 +186,10 @@ impl Session {
                     last_seen = Instant::now();
                     Box::pin(self.on_incoming(transport, incoming)).await
                 }
-                Some(item) = self.rx.recv() => self.on_fanout_items(transport, item).await,
+                received = self.rx.recv() => match received {
+                    Received::Item(item) => self.on_fanout_items(transport, item).await,
+                    Received::Slow => return self.slow_consumer(),
+                },
             };
             if let Err(end) = step {
                 return end;
@@ -213,8 +212,8 @@ impl Session {
         self.on_fanout(transport, first).await?;
         for _ in 1..WRITE_BATCH {
             match self.rx.try_recv() {
-                Ok(item) => self.on_fanout(transport, item).await?,
-                Err(_) => break,
+                Some(item) => self.on_fanout(transport, item).await?,
+                None => break,
             }
         }
         Ok(())
@@ -305,7 +304,6 @@ impl Session {
         }
         // Free queued fan-out before a possibly long wait on a stuck socket.
         self.rx.close();
-        while self.rx.try_recv().is_ok() {}
         let End::Close(close) = end else {
             return;
         };
