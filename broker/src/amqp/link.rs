@@ -58,7 +58,7 @@ pub(crate) enum Link {
 }
 
 /// What every part of the backend shares.
-pub(crate) struct Shared {
+pub(crate) struct AmqpClient {
     pub(crate) config: AmqpConfig,
     pub(crate) link: watch::Sender<Link>,
     /// Cancelled by `close()` or when the broker is dropped.
@@ -66,9 +66,9 @@ pub(crate) struct Shared {
     streams: AtomicU64,
 }
 
-impl Shared {
+impl AmqpClient {
     pub(crate) fn new(config: AmqpConfig, first: Arc<Session>) -> Self {
-        Shared {
+        AmqpClient {
             config,
             link: watch::Sender::new(Link::Up(first)),
             closed: CancellationToken::new(),
@@ -311,7 +311,7 @@ async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<(), 
 
 /// Watches the current session and replaces it when it fails, until the broker is closed;
 /// then closes the connection gracefully.
-pub(crate) async fn supervise(shared: Arc<Shared>, mut session: Arc<Session>) {
+pub(crate) async fn supervise(shared: Arc<AmqpClient>, mut session: Arc<Session>) {
     const CHECK: Duration = Duration::from_secs(1);
     loop {
         // Wait for a failure (reported, or seen by the periodic check) or for close.
@@ -374,7 +374,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, mut session: Arc<Session>) {
 }
 
 /// Waits for unconfirmed publishes (briefly), then closes the channel and the connection.
-async fn shutdown(shared: &Shared, session: &Session) {
+async fn shutdown(shared: &AmqpClient, session: &Session) {
     shared.link.send_replace(Link::Closed);
     let grace = Duration::from_secs(5);
     let _ = tokio::time::timeout(grace, session.publisher.wait_for_confirms()).await;

@@ -7,7 +7,7 @@
 //! (`locking_mode=EXCLUSIVE`: a second process cannot open the same log).
 
 use super::queue::Stored;
-use super::{Shared, lock};
+use super::{Dispatch, lock};
 use crate::BrokerError;
 use bytes::Bytes;
 use sqlx::sqlite::{
@@ -112,7 +112,7 @@ pub(super) async fn open(
 pub(super) struct Writer {
     conn: SqliteConnection,
     rx: mpsc::Receiver<Op>,
-    shared: Arc<Shared>,
+    shared: Arc<Dispatch>,
     next_id: i64,
     max_batch: usize,
 }
@@ -129,7 +129,7 @@ impl Writer {
     pub(super) fn new(
         conn: SqliteConnection,
         rx: mpsc::Receiver<Op>,
-        shared: Arc<Shared>,
+        shared: Arc<Dispatch>,
         max_id: Option<i64>,
         max_batch: usize,
     ) -> Self {

@@ -97,14 +97,14 @@ struct Counters {
 
 /// State shared by the broker, its streams, deliveries and the writer.
 #[derive(Debug)]
-struct Shared {
+struct Dispatch {
     queue: Mutex<Queue>,
     /// Woken when keys become ready, and on close.
     ready: Notify,
     stats: Counters,
 }
 
-impl Shared {
+impl Dispatch {
     /// Wakes streams waiting for records after `keys` became ready.
     /// Wakes the waiting streams when `keys` keys got records to take. All of them: a record
     /// of an owned key can only go to its owner.
@@ -128,7 +128,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The embedded broker. Open it with [`EmbeddedBroker::open`]; it implements [`Broker`].
 pub struct EmbeddedBroker {
-    shared: Arc<Shared>,
+    shared: Arc<Dispatch>,
     writer: mpsc::Sender<Op>,
     fanout: Arc<FanoutHub>,
     dir: PathBuf,
@@ -164,7 +164,7 @@ impl EmbeddedBroker {
             max_records: options.window_records,
             max_bytes: options.window_bytes,
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Dispatch {
             queue: Mutex::new(Queue::new(window, max_id.is_some())),
             ready: Notify::new(),
             stats: Counters::default(),
@@ -343,7 +343,7 @@ impl Broker for EmbeddedBroker {
 
 /// A consumer stream of the embedded broker.
 struct Stream {
-    shared: Arc<Shared>,
+    shared: Arc<Dispatch>,
     writer: mpsc::Sender<Op>,
     id: u64,
 }
@@ -357,7 +357,7 @@ impl Drop for Stream {
 
 /// Releases handed-out records if a batch is not handed over (cancelled or failed).
 struct Handover<'a> {
-    shared: &'a Shared,
+    shared: &'a Dispatch,
     records: Vec<(Arc<str>, i64, u64)>,
     /// Whether the delivery counters were sent to the writer (else the in-memory counters
     /// are rolled back on release).
@@ -446,7 +446,7 @@ impl EventStream for Stream {
 
 /// Settles one delivery of the embedded broker.
 struct Settlement {
-    shared: Arc<Shared>,
+    shared: Arc<Dispatch>,
     writer: mpsc::Sender<Op>,
     key: Arc<str>,
     id: i64,

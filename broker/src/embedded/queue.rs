@@ -88,7 +88,7 @@ struct StreamKeys {
     more: VecDeque<Arc<str>>,
 }
 
-/// The dispatch state; guarded by a mutex in [`super::Shared`].
+/// The dispatch state; guarded by a mutex in [`super::Dispatch`].
 #[derive(Debug)]
 pub(crate) struct Queue {
     keys: HashMap<Arc<str>, KeyState>,

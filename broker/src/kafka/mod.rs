@@ -113,23 +113,23 @@
 //! published after `open` is missed). Rooms are filtered locally. A consumer error, or a full
 //! buffer (`fanout_buffer`), yields [`FanoutEvent::Gap`].
 
+mod config;
 mod consumer;
 mod fanout;
 pub mod replay;
-mod settings;
 mod topics;
 
 use crate::pack::{self, Outbound, Packer, Sender};
 use crate::{
-    Broker, BrokerError, DeadLetterSink, EventConsumer, EventPublisher, EventStream,
-    FanoutPublisher, FanoutSource, FanoutSubscription,
+    Broker, BrokerError, DeadLetterSink, EventConsumer, EventPublisher, EventStream, FanoutSource,
+    FanoutSubscription,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
+use config::KafkaConfig;
 use rdkafka::ClientConfig;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use settings::Settings;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
@@ -147,8 +147,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
 }
 
 /// What the broker, its streams and subscriptions share.
-pub(crate) struct Shared {
-    settings: Settings,
+pub(crate) struct KafkaClient {
+    settings: KafkaConfig,
     producer: FutureProducer,
     events_topic: String,
     fanout_topic: String,
@@ -164,7 +164,7 @@ pub(crate) struct Shared {
     leaving: std::sync::Mutex<Vec<(String, CancellationToken)>>,
 }
 
-impl Shared {
+impl KafkaClient {
     /// Notes that a stream of `group` was dropped; `left` is cancelled once it is gone.
     pub(crate) fn leaving(&self, group: &str, left: CancellationToken) {
         let mut leaving = self.leaving.lock().unwrap_or_else(|e| e.into_inner());
@@ -201,7 +201,7 @@ impl Shared {
 
 /// The Kafka backend; see the module documentation.
 pub struct KafkaBroker {
-    shared: Arc<Shared>,
+    shared: Arc<KafkaClient>,
     /// Packs a room's concurrent inbound publishes; `None` with `pack=1`.
     packer: Option<Arc<Packer>>,
 }
@@ -218,7 +218,7 @@ impl std::fmt::Debug for KafkaBroker {
 impl KafkaBroker {
     /// Connects to the cluster named by `url` (see the module documentation).
     pub async fn connect(url: &str) -> Result<Arc<KafkaBroker>, BrokerError> {
-        let settings = Settings::parse(url)?;
+        let settings = KafkaConfig::parse(url)?;
         let producer: FutureProducer = producer_config(&settings)
             .create()
             .map_err(|e| BrokerError::Config(format!("kafka producer: {e}")))?;
@@ -238,7 +238,7 @@ impl KafkaBroker {
         ] {
             partitions.push(partition_count(&producer, topic, &settings).await?);
         }
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(KafkaClient {
             attempts_partitions: partitions[3],
             settings,
             producer,
@@ -274,7 +274,7 @@ impl KafkaBroker {
     }
 }
 
-impl Shared {
+impl KafkaClient {
     /// Queues a record in the producer and returns the wait for its delivery report; when the
     /// producer's queue is full, waits for room first (keeping the caller's order). `records`
     /// is the number of records packed into `payload`, when several.
@@ -362,7 +362,7 @@ fn produce_error(topic: &str, error: &KafkaError) -> BrokerError {
     }
 }
 
-fn base_config(settings: &Settings) -> ClientConfig {
+fn base_config(settings: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.bootstrap)
@@ -372,7 +372,7 @@ fn base_config(settings: &Settings) -> ClientConfig {
     config
 }
 
-fn producer_config(settings: &Settings) -> ClientConfig {
+fn producer_config(settings: &KafkaConfig) -> ClientConfig {
     let mut config = base_config(settings);
     config
         .set("enable.idempotence", "true")
@@ -416,7 +416,7 @@ impl EventPublisher for KafkaBroker {
 }
 
 /// Produces the packer's messages to the inbound topic.
-fn packed_sender(shared: &Arc<Shared>) -> Sender {
+fn packed_sender(shared: &Arc<KafkaClient>) -> Sender {
     let shared = Arc::downgrade(shared);
     Arc::new(move |out: Outbound| {
         let shared = shared.upgrade();
@@ -450,24 +450,6 @@ impl DeadLetterSink for KafkaBroker {
     async fn dead_letter(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
         self.produce(&self.shared.dead_letter_topic, key, &payload)
             .await
-    }
-}
-
-#[async_trait]
-impl FanoutPublisher for KafkaBroker {
-    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.produce(&self.shared.fanout_topic, room, &payload)
-            .await
-    }
-
-    async fn start_publish_fanout(
-        &self,
-        room: &str,
-        payload: Bytes,
-    ) -> Result<crate::PendingPublish, BrokerError> {
-        self.check_open()?;
-        let topic = self.shared.fanout_topic.clone();
-        self.shared.start_produce(topic, room, None, payload).await
     }
 }
 

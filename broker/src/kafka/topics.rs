@@ -2,7 +2,7 @@
 
 use super::METADATA_TIMEOUT;
 use super::base_config;
-use super::settings::Settings;
+use super::config::KafkaConfig;
 use crate::BrokerError;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::DefaultClientContext;
@@ -11,7 +11,7 @@ use rdkafka::producer::{FutureProducer, Producer};
 use std::time::Duration;
 
 /// Creates the missing topics; existing ones are left as they are.
-pub(super) async fn create_topics(settings: &Settings) -> Result<(), BrokerError> {
+pub(super) async fn create_topics(settings: &KafkaConfig) -> Result<(), BrokerError> {
     let admin: AdminClient<DefaultClientContext> = base_config(settings)
         .create()
         .map_err(|e| BrokerError::Config(format!("kafka admin client: {e}")))?;
@@ -60,7 +60,7 @@ pub(super) async fn create_topics(settings: &Settings) -> Result<(), BrokerError
 pub(super) async fn partition_count(
     producer: &FutureProducer,
     topic: &str,
-    settings: &Settings,
+    settings: &KafkaConfig,
 ) -> Result<i32, BrokerError> {
     let deadline = tokio::time::Instant::now() + METADATA_TIMEOUT * 2;
     loop {

@@ -170,7 +170,7 @@ impl Context {
     }
 }
 
-pub(super) fn reader_config(broker: &Shared) -> ClientConfig {
+pub(super) fn reader_config(broker: &KafkaClient) -> ClientConfig {
     let mut config = super::super::base_config(&broker.settings);
     config
         .set(

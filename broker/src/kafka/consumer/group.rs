@@ -260,7 +260,7 @@ impl Context {
     }
 }
 
-pub(super) fn consumer_config(broker: &Shared, group: &str) -> ClientConfig {
+pub(super) fn consumer_config(broker: &KafkaClient, group: &str) -> ClientConfig {
     let settings = &broker.settings;
     let mut config = super::super::base_config(settings);
     config

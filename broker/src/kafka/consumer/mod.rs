@@ -20,7 +20,7 @@ use group::{Context, consumer_config};
 use partition::{Part, Record, State};
 use poll::run;
 
-use super::Shared;
+use super::KafkaClient;
 use crate::{BrokerError, Delivery, EventStream, Settle};
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -58,7 +58,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// What a stream's handle, its deliveries and its thread share.
 pub(crate) struct StreamShared {
-    broker: Arc<Shared>,
+    broker: Arc<KafkaClient>,
     group: String,
     state: Mutex<State>,
     /// Signals settles to a thread waiting for revoked partitions to be settled.
@@ -166,7 +166,7 @@ pub(crate) struct KafkaStream {
 
 impl KafkaStream {
     /// Creates the stream's consumer, subscribes it and starts its thread.
-    pub(crate) fn start(broker: Arc<Shared>, group: &str) -> Result<KafkaStream, BrokerError> {
+    pub(crate) fn start(broker: Arc<KafkaClient>, group: &str) -> Result<KafkaStream, BrokerError> {
         let runtime = tokio::runtime::Handle::try_current()
             .map_err(|e| BrokerError::Config(format!("kafka streams need a Tokio runtime: {e}")))?;
         let shared = Arc::new(StreamShared {

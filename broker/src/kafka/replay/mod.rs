@@ -30,7 +30,7 @@
 //! ```
 
 use super::METADATA_TIMEOUT;
-use super::settings::Settings;
+use super::config::KafkaConfig;
 use crate::{BrokerError, redact_url};
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
@@ -116,7 +116,7 @@ impl fmt::Debug for KafkaReplay {
     }
 }
 
-fn config(settings: &Settings) -> ClientConfig {
+fn config(settings: &KafkaConfig) -> ClientConfig {
     let mut config = super::base_config(settings);
     // librdkafka needs a group id for manual assignments; the group is never joined and
     // nothing is committed.
@@ -142,7 +142,7 @@ impl KafkaReplay {
     /// Fails with [`BrokerError::Config`] when the URL is not a Kafka URL or the topic does
     /// not exist, [`BrokerError::Unavailable`] when the cluster does not answer.
     pub async fn open(url: &str, start: &ReplayStart) -> Result<KafkaReplay, BrokerError> {
-        let settings = Settings::parse(url)?;
+        let settings = KafkaConfig::parse(url)?;
         let consumer: BaseConsumer = config(&settings).create().map_err(|e| {
             BrokerError::Config(format!(
                 "kafka replay consumer for {}: {e}",

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 /// The settings of a Kafka broker URL; see the module documentation for their meaning.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Settings {
+pub(crate) struct KafkaConfig {
     /// `host:port[,host:port…]`.
     pub(crate) bootstrap: String,
     pub(crate) prefix: String,
@@ -27,9 +27,9 @@ pub(crate) struct Settings {
     pub(crate) pack_window: usize,
 }
 
-impl Default for Settings {
+impl Default for KafkaConfig {
     fn default() -> Self {
-        Settings {
+        KafkaConfig {
             bootstrap: String::new(),
             prefix: "roomcast".to_owned(),
             partitions: 16,
@@ -52,9 +52,9 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
+impl KafkaConfig {
     /// Parses `kafka://host:port[,host:port…][/][?name=value&…]`.
-    pub(crate) fn parse(url: &str) -> Result<Settings, BrokerError> {
+    pub(crate) fn parse(url: &str) -> Result<KafkaConfig, BrokerError> {
         let shown = redact_url(url);
         let rest = url
             .split_once("://")
@@ -92,9 +92,9 @@ impl Settings {
             }
             hosts.push(host);
         }
-        let mut settings = Settings {
+        let mut settings = KafkaConfig {
             bootstrap: hosts.join(","),
-            ..Settings::default()
+            ..KafkaConfig::default()
         };
         for pair in query.split('&').filter(|pair| !pair.is_empty()) {
             let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
@@ -217,12 +217,12 @@ fn limit(name: &str, value: &str) -> Result<i64, BrokerError> {
 
 #[cfg(test)]
 mod tests {
-    use super::Settings;
+    use super::KafkaConfig;
     use crate::BrokerError;
 
     #[test]
     fn parses_hosts_and_settings() {
-        let settings = Settings::parse(
+        let settings = KafkaConfig::parse(
             "kafka://a:9092,b:9093/?prefix=rc.test&partitions=3&retention_ms=86400000\
              &create_topics=false&linger_ms=0",
         )
@@ -235,12 +235,12 @@ mod tests {
         assert_eq!(settings.linger_ms, 0);
         assert_eq!(settings.events_topic(), "rc.test.events");
         assert_eq!(settings.group_id("workers"), "rc.test.workers");
-        let defaults = Settings::parse("kafka://localhost:9092").expect("valid URL");
+        let defaults = KafkaConfig::parse("kafka://localhost:9092").expect("valid URL");
         assert_eq!(defaults.prefix, "roomcast");
         assert_eq!(defaults.partitions, 16);
         assert_eq!(defaults.retention_ms, -1);
         assert_eq!((defaults.pack, defaults.pack_window), (64, 2));
-        let packing = Settings::parse("kafka://h:1?pack=1&pack_window=16").expect("valid URL");
+        let packing = KafkaConfig::parse("kafka://h:1?pack=1&pack_window=16").expect("valid URL");
         assert_eq!((packing.pack, packing.pack_window), (1, 16));
     }
 
@@ -261,7 +261,7 @@ mod tests {
             ("kafka://u:secret@h:1", "credentials"),
             ("amqp://h:1", "not a Kafka URL"),
         ] {
-            match Settings::parse(url) {
+            match KafkaConfig::parse(url) {
                 Err(BrokerError::Config(message)) => {
                     assert!(message.contains(needle), "{url}: {message}");
                     assert!(!message.contains("secret"), "{url}: {message}");
