@@ -48,6 +48,7 @@ pub mod kafka;
 mod pack;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod url_settings;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -58,6 +59,7 @@ use thiserror::Error;
 
 pub use connect::{connect, redact_url};
 pub use embedded::{EmbeddedBroker, EmbeddedOptions, EmbeddedStats};
+pub use url_settings::SettingError;
 
 /// A broker failure. Messages are for logs; clients only ever see `unavailable`.
 #[derive(Debug, Error)]
@@ -74,6 +76,9 @@ pub enum BrokerError {
     /// The broker URL or settings are invalid.
     #[error("invalid broker configuration: {0}")]
     Config(String),
+    /// A setting in the broker URL's query is unknown or has a bad value.
+    #[error("invalid broker URL: {0}")]
+    Setting(#[from] SettingError),
     /// The broker, stream or subscription was closed.
     #[error("broker closed")]
     Closed,
@@ -88,6 +93,7 @@ impl BrokerError {
             BrokerError::Unavailable(m) => BrokerError::Unavailable(m.clone()),
             BrokerError::Rejected(m) => BrokerError::Rejected(m.clone()),
             BrokerError::Config(m) => BrokerError::Config(m.clone()),
+            BrokerError::Setting(e) => BrokerError::Setting(e.clone()),
             BrokerError::Closed => BrokerError::Closed,
             BrokerError::Storage(e) => BrokerError::Unavailable(e.to_string()),
         }

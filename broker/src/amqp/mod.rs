@@ -18,7 +18,8 @@
 //! | `heartbeat` | 10 | AMQP heartbeat in seconds |
 //! | `frame_max`, `channel_max`, `connection_timeout`, `auth_mechanism` | | passed to the client |
 //!
-//! Unknown parameters are configuration errors. The connection's `connection_name` client
+//! Values are percent-decoded; unknown parameters and bad values are [`BrokerError::Setting`]
+//! errors naming the parameter. The connection's `connection_name` client
 //! property is `roomcast <prefix> pid <pid>` (`rabbitmqctl list_connections pid
 //! client_properties`; the management UI shows it as the connection's name).
 //!

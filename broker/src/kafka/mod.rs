@@ -26,7 +26,8 @@
 //! | `pack` | `64` | most inbound records of one room packed into one Kafka record (1: no packing) |
 //! | `pack_window` | `2` | inbound Kafka records of one room awaiting their delivery reports while later ones wait to be packed |
 //!
-//! Unknown settings and out-of-range values are [`BrokerError::Config`] errors.
+//! Values are percent-decoded. Unknown settings and out-of-range values are
+//! [`BrokerError::Setting`] errors naming the setting.
 //!
 //! # Topology
 //! - `{prefix}.events`: the inbound stream, keyed by room; a room's records share a
