@@ -62,7 +62,10 @@ pub use embedded::{EmbeddedBroker, EmbeddedOptions, EmbeddedStats};
 pub use url_settings::SettingError;
 
 /// A broker failure. Messages are for logs; clients only ever see `unavailable`.
-#[derive(Debug, Error)]
+///
+/// `Clone`, so that one failure can end each of several operations (the records of a pack,
+/// the events of a fan-out record).
+#[derive(Debug, Clone, Error)]
 pub enum BrokerError {
     /// The broker could not be reached or the connection was lost.
     #[error("broker unavailable: {0}")]
@@ -72,7 +75,7 @@ pub enum BrokerError {
     Rejected(String),
     /// The backend's storage failed.
     #[error("broker storage error: {0}")]
-    Storage(#[from] sqlx::Error),
+    Storage(#[source] Arc<sqlx::Error>),
     /// The broker URL or settings are invalid.
     #[error("invalid broker configuration: {0}")]
     Config(String),
@@ -84,19 +87,9 @@ pub enum BrokerError {
     Closed,
 }
 
-impl BrokerError {
-    /// The same failure again, for each of several operations that one failure ended (the
-    /// records of a pack, the events of a fan-out record); a storage error is carried as its
-    /// text.
-    pub fn duplicate(&self) -> BrokerError {
-        match self {
-            BrokerError::Unavailable(m) => BrokerError::Unavailable(m.clone()),
-            BrokerError::Rejected(m) => BrokerError::Rejected(m.clone()),
-            BrokerError::Config(m) => BrokerError::Config(m.clone()),
-            BrokerError::Setting(e) => BrokerError::Setting(e.clone()),
-            BrokerError::Closed => BrokerError::Closed,
-            BrokerError::Storage(e) => BrokerError::Unavailable(e.to_string()),
-        }
+impl From<sqlx::Error> for BrokerError {
+    fn from(error: sqlx::Error) -> Self {
+        BrokerError::Storage(Arc::new(error))
     }
 }
 

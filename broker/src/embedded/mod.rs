@@ -158,7 +158,7 @@ impl EmbeddedBroker {
     ) -> Result<Arc<EmbeddedBroker>, BrokerError> {
         tokio::fs::create_dir_all(dir)
             .await
-            .map_err(|e| BrokerError::Storage(sqlx::Error::Io(e)))?;
+            .map_err(|e| BrokerError::from(sqlx::Error::Io(e)))?;
         let (conn, max_id) = log::open(&dir.join("broker.db"), options.busy_timeout).await?;
         let window = Window {
             max_records: options.window_records,
