@@ -100,27 +100,23 @@ pub type PendingPublish = Pin<Box<dyn Future<Output = Result<(), BrokerError>> +
 /// Durable publishing of inbound events (the gateway's side of the inbound stream).
 #[async_trait]
 pub trait EventPublisher: Send + Sync {
-    /// Stores `payload` under `key` (the room) and returns once it is durable.
+    /// Starts a publish of `payload` under `key` (the room): returns once the record's place
+    /// in its key's order is fixed, with a future that resolves when it is durable (with
+    /// [`publish`](Self::publish)'s meaning). Records started by one caller one after another,
+    /// each start awaited, keep that order per key, however their durability futures are
+    /// awaited; so a caller keeps many publishes in flight (pipelined) without losing its
+    /// order.
     ///
     /// Many calls may be in flight at once; a backend batches them (group commit, pipelined
-    /// confirms) but confirms each only after it is durable. Records published by one caller
-    /// one after another, each awaited, keep their order per key.
-    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError>;
+    /// confirms) but confirms each only after it is durable.
+    async fn start_publish(&self, key: &str, payload: Bytes)
+    -> Result<PendingPublish, BrokerError>;
 
-    /// Starts a publish: returns once the record's place in its key's order is fixed, with a
-    /// future that resolves when it is durable (with [`publish`](Self::publish)'s meaning).
-    /// Records started by one caller one after another, each start awaited, keep that order
-    /// per key, however their durability futures are awaited; so a caller keeps many
-    /// publishes in flight (pipelined) without losing its order.
-    ///
-    /// The default publishes and returns a resolved future (one publish at a time).
-    async fn start_publish(
-        &self,
-        key: &str,
-        payload: Bytes,
-    ) -> Result<PendingPublish, BrokerError> {
-        self.publish(key, payload).await?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
+    /// Stores `payload` under `key` (the room) and returns once it is durable: starts the
+    /// publish and awaits its confirm. Records published by one caller one after another,
+    /// each awaited, keep their order per key.
+    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
+        self.start_publish(key, payload).await?.await
     }
 }
 
@@ -206,20 +202,19 @@ pub trait DeadLetterSink: Send + Sync {
 /// Publishing of fan-out messages (the worker's side of fan-out).
 #[async_trait]
 pub trait FanoutPublisher: Send + Sync {
-    /// Publishes `payload` for the subscribers of `room`; returns once the broker accepted it.
-    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError>;
-
-    /// Starts a fan-out publish: returns once the message's place in its room's order is
-    /// fixed, with a future that resolves when the broker accepted it (as
-    /// [`publish_fanout`](Self::publish_fanout)), so a worker publishes a batch's messages
-    /// pipelined, in order. The default publishes and returns a resolved future.
+    /// Starts a fan-out publish of `payload` for the subscribers of `room`: returns once the
+    /// message's place in its room's order is fixed, with a future that resolves when the
+    /// broker accepted it, so a worker publishes a batch's messages pipelined, in order.
     async fn start_publish_fanout(
         &self,
         room: &str,
         payload: Bytes,
-    ) -> Result<PendingPublish, BrokerError> {
-        self.publish_fanout(room, payload).await?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
+    ) -> Result<PendingPublish, BrokerError>;
+
+    /// Publishes `payload` for the subscribers of `room`; returns once the broker accepted it
+    /// (starts the publish and awaits its acceptance).
+    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError> {
+        self.start_publish_fanout(room, payload).await?.await
     }
 }
 

@@ -397,10 +397,6 @@ impl FanoutSubscription for AmqpSubscription {
 
 #[async_trait]
 impl FanoutPublisher for AmqpBroker {
-    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.start_publish_fanout(room, payload).await?.await
-    }
-
     /// The message's place is fixed once it is handed to the shared publishing channel.
     async fn start_publish_fanout(
         &self,

@@ -218,10 +218,6 @@ impl Drop for AmqpBroker {
 
 #[async_trait]
 impl EventPublisher for AmqpBroker {
-    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.start_publish(key, payload).await?.await
-    }
-
     /// The record's place is fixed once it is queued for its room's next message.
     async fn start_publish(
         &self,

@@ -255,14 +255,6 @@ async fn write_through(writer: &mpsc::Sender<Op>, write: Write) -> Result<(), Br
 
 #[async_trait]
 impl EventPublisher for EmbeddedBroker {
-    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.write(Write::Publish {
-            key: Arc::from(key),
-            payload,
-        })
-        .await
-    }
-
     /// The record's place is fixed once the writer task has it (its queue is FIFO).
     async fn start_publish(
         &self,
@@ -312,8 +304,14 @@ impl DeadLetterSink for EmbeddedBroker {
 
 #[async_trait]
 impl FanoutPublisher for EmbeddedBroker {
-    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.fanout.publish(room, payload)
+    /// In memory: the message is handed to the subscribers at once.
+    async fn start_publish_fanout(
+        &self,
+        room: &str,
+        payload: Bytes,
+    ) -> Result<crate::PendingPublish, BrokerError> {
+        self.fanout.publish(room, payload)?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
     }
 }
 

@@ -213,11 +213,6 @@ impl FanoutSubscription for KafkaSubscription {
 
 #[async_trait]
 impl FanoutPublisher for KafkaBroker {
-    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.produce(&self.shared.fanout_topic, room, &payload)
-            .await
-    }
-
     async fn start_publish_fanout(
         &self,
         room: &str,

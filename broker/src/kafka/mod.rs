@@ -395,10 +395,6 @@ fn producer_config(settings: &KafkaConfig) -> ClientConfig {
 
 #[async_trait]
 impl EventPublisher for KafkaBroker {
-    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.start_publish(key, payload).await?.await
-    }
-
     /// The record's place is fixed once it is queued for its room's next message (or, with
     /// `pack=1`, in the producer's queue of its partition: the idempotent producer keeps that
     /// order); the future waits for the delivery report of the message that carries it.
