@@ -4,6 +4,9 @@
 //! - this file: the traits every backend implements, with the delivery contract in their
 //!   documentation, and [`BrokerError`].
 //! - [`embedded`]: the default backend, a durable log in SQLite inside the Roomcast process.
+//! - `amqp` (feature `rabbitmq`) and `kafka` (feature `kafka`): the networked backends; both
+//!   features are on by default, and a build without one refuses its URLs with
+//!   [`BrokerError::MissingBackend`].
 //! - `testkit` (feature `testkit`): the contract test suite that every backend must pass.
 //! - [`connect`]: opens the backend named by a broker URL.
 //!
@@ -41,10 +44,13 @@
 //! the missed messages from the store. Durability lives in the inbound stream and the store,
 //! never in fan-out.
 
+#[cfg(feature = "rabbitmq")]
 pub mod amqp;
 mod connect;
 pub mod embedded;
+#[cfg(feature = "kafka")]
 pub mod kafka;
+#[cfg(any(feature = "rabbitmq", feature = "kafka"))]
 mod pack;
 #[cfg(feature = "testkit")]
 pub mod testkit;
@@ -82,6 +88,14 @@ pub enum BrokerError {
     /// A setting in the broker URL's query is unknown or has a bad value.
     #[error("invalid broker URL: {0}")]
     Setting(#[from] SettingError),
+    /// The URL names a backend this build was compiled without.
+    #[error("this build has no {backend} support; rebuild with the `{feature}` feature")]
+    MissingBackend {
+        /// The backend's name (`RabbitMQ`, `Kafka`).
+        backend: &'static str,
+        /// The Cargo feature of `roomcast-broker` that includes it.
+        feature: &'static str,
+    },
     /// The broker, stream or subscription was closed.
     #[error("broker closed")]
     Closed,

@@ -32,6 +32,7 @@ pub enum SettingError {
 
 /// The `name=value` pairs of `query` (the part after `?`, without the `#` fragment),
 /// percent-decoded, in order; a name without `=` has an empty value.
+#[cfg(any(feature = "rabbitmq", feature = "kafka", test))]
 pub(crate) fn pairs(query: &str) -> Vec<(String, String)> {
     url::form_urlencoded::parse(query.as_bytes())
         .into_owned()

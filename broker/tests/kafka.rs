@@ -1,5 +1,6 @@
 //! Kafka-specific tests against a real Kafka-protocol broker (`ROOMCAST_TEST_KAFKA_URL`, e.g.
 //! from `scripts/tansu start`): topic creation and consumer-group rebalances.
+#![cfg(feature = "kafka")]
 
 use rdkafka::ClientConfig;
 use rdkafka::consumer::{BaseConsumer, Consumer};
