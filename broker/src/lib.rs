@@ -9,6 +9,7 @@
 //!   [`BrokerError::MissingBackend`].
 //! - `testkit` (feature `testkit`): the contract test suite that every backend must pass.
 //! - [`connect`]: opens the backend named by a broker URL.
+//! - `history`: [`open_history`], replaying the inbound stream's retained history (Kafka).
 //!
 //! # Delivery contract
 //! There are two streams.
@@ -48,6 +49,7 @@
 pub mod amqp;
 mod connect;
 pub mod embedded;
+mod history;
 #[cfg(feature = "kafka")]
 pub mod kafka;
 #[cfg(any(feature = "rabbitmq", feature = "kafka"))]
@@ -65,6 +67,7 @@ use thiserror::Error;
 
 pub use connect::{connect, redact_url};
 pub use embedded::{EmbeddedBroker, EmbeddedOptions, EmbeddedStats};
+pub use history::{HistoryReader, ReplayRange, ReplayRecord, ReplayStart, open_history};
 pub use url_settings::SettingError;
 
 /// A broker failure. Messages are for logs; clients only ever see `unavailable`.
@@ -95,6 +98,15 @@ pub enum BrokerError {
         backend: &'static str,
         /// The Cargo feature of `roomcast-broker` that includes it.
         feature: &'static str,
+    },
+    /// The backend named by the URL keeps no history of the inbound stream to replay.
+    #[error(
+        "`{url}` keeps no history: replays read a Kafka inbound topic and this is not a kafka:// \
+         URL (the embedded and RabbitMQ backends delete events once they are processed)"
+    )]
+    NoHistory {
+        /// The URL, its password hidden.
+        url: String,
     },
     /// The broker, stream or subscription was closed.
     #[error("broker closed")]

@@ -12,7 +12,8 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), roomcast_broker::BrokerError> {
-//! use roomcast_broker::kafka::replay::{KafkaReplay, ReplayStart};
+//! use roomcast_broker::ReplayStart;
+//! use roomcast_broker::kafka::replay::KafkaReplay;
 //!
 //! let start: ReplayStart = "timestamp:2026-01-31T00:00:00Z".parse()?;
 //! let mut replay = KafkaReplay::open("kafka://127.0.0.1:9092?prefix=roomcast", &start).await?;
@@ -32,6 +33,8 @@
 use super::METADATA_TIMEOUT;
 use super::config::KafkaConfig;
 use crate::{BrokerError, redact_url};
+/// The backend-neutral replay types, also at the crate root.
+pub use crate::{ReplayRange, ReplayRecord, ReplayStart};
 use bytes::Bytes;
 use rdkafka::consumer::{BaseConsumer, Consumer};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
@@ -42,56 +45,11 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-mod start;
-
-pub use start::ReplayStart;
-
 /// How long one poll waits for records.
 const POLL: Duration = Duration::from_millis(100);
 /// How long a replay waits without receiving anything from a partition that is not finished
 /// before it reports the broker unavailable.
 const STALL_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// A record of the inbound topic read by a replay. The records a gateway packed into one Kafka
-/// record are read as records of their own, in their order, with that record's offset.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ReplayRecord {
-    /// The partition it was read from.
-    pub partition: i32,
-    /// Its offset in the partition.
-    pub offset: i64,
-    /// Its Kafka timestamp in milliseconds since the Unix epoch, when it has one.
-    pub timestamp: Option<i64>,
-    /// Its key (the room); invalid UTF-8 is replaced.
-    pub key: String,
-    /// Its payload (an inbound event envelope, unless something else published it).
-    pub payload: Bytes,
-}
-
-/// The range of one partition a replay reads.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ReplayRange {
-    /// The partition.
-    pub partition: i32,
-    /// The first offset read (for a start at a time, the offset the broker's lookup
-    /// answered; records before the first one at that time are skipped).
-    pub start: i64,
-    /// The offset after the last one read: the high watermark when the replay opened.
-    pub end: i64,
-}
-
-impl ReplayRange {
-    /// At most how many records the range holds (fewer when offsets are skipped, e.g. by
-    /// transaction markers or compaction).
-    pub fn len(&self) -> u64 {
-        u64::try_from(self.end - self.start).unwrap_or(0)
-    }
-
-    /// Whether the range holds no record.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
 
 /// Reads the inbound topic's records from a start point to the end captured when it opened.
 /// See the module documentation.
@@ -438,5 +396,24 @@ fn finish(
     list.add_partition(topic, partition);
     if let Err(error) = consumer.pause(&list) {
         tracing::debug!(%error, partition, "kafka replay: pausing a finished partition failed");
+    }
+}
+
+#[async_trait::async_trait]
+impl crate::HistoryReader for KafkaReplay {
+    fn source(&self) -> &str {
+        self.topic()
+    }
+
+    fn ranges(&self) -> &[ReplayRange] {
+        KafkaReplay::ranges(self)
+    }
+
+    fn is_done(&self) -> bool {
+        KafkaReplay::is_done(self)
+    }
+
+    async fn next_batch(&mut self, max: usize) -> Result<Vec<ReplayRecord>, BrokerError> {
+        KafkaReplay::next_batch(self, max).await
     }
 }
