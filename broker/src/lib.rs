@@ -9,6 +9,7 @@
 //!   [`BrokerError::MissingBackend`].
 //! - `testkit` (feature `testkit`): the contract test suite that every backend must pass.
 //! - [`connect`]: opens the backend named by a broker URL.
+//! - `links`: [`GatewayLink`] and [`WorkerLink`], the parts of a [`Broker`] each side uses.
 //! - `history`: [`open_history`], replaying the inbound stream's retained history (Kafka).
 //!
 //! # Delivery contract
@@ -52,6 +53,7 @@ pub mod embedded;
 mod history;
 #[cfg(feature = "kafka")]
 pub mod kafka;
+mod links;
 #[cfg(any(feature = "rabbitmq", feature = "kafka"))]
 mod pack;
 #[cfg(feature = "testkit")]
@@ -68,6 +70,7 @@ use thiserror::Error;
 pub use connect::{connect, redact_url};
 pub use embedded::{EmbeddedBroker, EmbeddedOptions, EmbeddedStats};
 pub use history::{HistoryReader, ReplayRange, ReplayRecord, ReplayStart, open_history};
+pub use links::{GatewayLink, WorkerLink};
 pub use url_settings::SettingError;
 
 /// A broker failure. Messages are for logs; clients only ever see `unavailable`.
@@ -293,4 +296,14 @@ pub trait Broker:
     /// resources, and makes streams, subscriptions and later calls return
     /// [`BrokerError::Closed`]. The default does nothing.
     async fn close(&self) {}
+}
+
+/// Checking that the broker is reachable (for `/readyz`); the links' health check of a
+/// [`Broker`] (see [`GatewayLink`]).
+#[async_trait]
+pub trait Health: Send + Sync {
+    /// The backend's name, for logs and `/readyz` (`embedded`, `rabbitmq`, `kafka`).
+    fn backend(&self) -> &'static str;
+    /// Checks that the broker is reachable.
+    async fn check(&self) -> Result<(), BrokerError>;
 }
