@@ -3,7 +3,7 @@
 //! publishing of fan-out messages to that exchange.
 
 use super::AmqpBroker;
-use super::link::{AmqpClient, Link, Session};
+use super::link::{AmqpClient, Link, Session, next_delay, reconnect_delays};
 use super::publish::{Outgoing, start_confirmed};
 use crate::{BrokerError, FanoutEvent, FanoutPublisher, FanoutSubscription};
 use async_trait::async_trait;
@@ -174,7 +174,8 @@ async fn run(
     let shared = inner.shared.clone();
     let mut consumer = Some(consumer);
     let mut link_rx = shared.link.subscribe();
-    let mut retry = Duration::from_millis(100);
+    let mut delays = reconnect_delays(&shared.config);
+    let mut retry = next_delay(&mut delays, &shared.config);
     loop {
         if let Some(current) = consumer.as_mut() {
             let item = tokio::select! {
@@ -221,7 +222,7 @@ async fn run(
                     _ = link_rx.changed() => {}
                     () = tokio::time::sleep(retry) => {}
                 }
-                retry = (retry * 2).min(shared.config.reconnect_max);
+                retry = next_delay(&mut delays, &shared.config);
                 continue;
             }
         };
@@ -231,7 +232,8 @@ async fn run(
                 core.link = Some(link);
                 drop(core);
                 consumer = Some(created);
-                retry = Duration::from_millis(100);
+                delays = reconnect_delays(&shared.config);
+                retry = next_delay(&mut delays, &shared.config);
                 if session.generation != generation {
                     tracing::info!("fan-out subscription re-created after a reconnection");
                 }
@@ -251,7 +253,7 @@ async fn run(
                     () = shared.closed.cancelled() => break,
                     () = tokio::time::sleep(retry) => {}
                 }
-                retry = (retry * 2).min(shared.config.reconnect_max);
+                retry = next_delay(&mut delays, &shared.config);
             }
         }
     }

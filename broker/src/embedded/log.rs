@@ -17,7 +17,7 @@ use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Version of the log's schema, kept in `PRAGMA user_version`.
@@ -414,9 +414,7 @@ fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
+/// Milliseconds since the Unix epoch, as SQLite stores them.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    i64::try_from(roomcast_schemas::now_ms()).unwrap_or(i64::MAX)
 }
