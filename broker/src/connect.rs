@@ -7,8 +7,11 @@ use std::sync::Arc;
 /// Opens the broker named by `url`:
 /// - `embedded:<dir>` (also `embedded://<dir>`): the embedded broker stored in `<dir>`,
 ///   e.g. `embedded:./data/broker`;
-/// - `amqp://…`, `amqps://…`: RabbitMQ ([`crate::amqp`]);
-/// - `kafka://…`: Kafka ([`crate::kafka`]).
+/// - `amqp://…`, `amqps://…`: RabbitMQ (`crate::amqp`, feature `rabbitmq`);
+/// - `kafka://…`: Kafka (`crate::kafka`, feature `kafka`).
+///
+/// A build without a backend's feature answers its URLs with
+/// [`BrokerError::MissingBackend`].
 ///
 /// Errors never contain the URL's password.
 pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
@@ -30,8 +33,20 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
             let broker: Arc<dyn Broker> = EmbeddedBroker::open(Path::new(dir)).await?;
             Ok(broker)
         }
+        #[cfg(feature = "rabbitmq")]
         "amqp" | "amqps" => crate::amqp::connect(url).await,
+        #[cfg(not(feature = "rabbitmq"))]
+        "amqp" | "amqps" => Err(BrokerError::MissingBackend {
+            backend: "RabbitMQ",
+            feature: "rabbitmq",
+        }),
+        #[cfg(feature = "kafka")]
         "kafka" => crate::kafka::connect(url).await,
+        #[cfg(not(feature = "kafka"))]
+        "kafka" => Err(BrokerError::MissingBackend {
+            backend: "Kafka",
+            feature: "kafka",
+        }),
         other => Err(BrokerError::Config(format!(
             "unknown broker scheme `{other}` in `{}`; expected embedded:<dir>, amqp://… or kafka://…",
             redact_url(url)
@@ -67,6 +82,36 @@ pub fn redact_url(url: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::redact_url;
+
+    #[cfg(not(feature = "kafka"))]
+    #[tokio::test]
+    async fn a_build_without_kafka_says_so() {
+        match super::connect("kafka://127.0.0.1:9092").await {
+            Err(error @ crate::BrokerError::MissingBackend { .. }) => {
+                assert!(
+                    error
+                        .to_string()
+                        .contains("rebuild with the `kafka` feature")
+                );
+            }
+            Err(other) => panic!("expected MissingBackend, got {other}"),
+            Ok(_) => panic!("expected MissingBackend, got a broker"),
+        }
+    }
+
+    #[cfg(not(feature = "rabbitmq"))]
+    #[tokio::test]
+    async fn a_build_without_rabbitmq_says_so() {
+        match super::connect("amqp://127.0.0.1:5672/%2f").await {
+            Err(error @ crate::BrokerError::MissingBackend { .. }) => {
+                assert!(error.to_string().contains(
+                    "this build has no RabbitMQ support; rebuild with the `rabbitmq` feature"
+                ));
+            }
+            Err(other) => panic!("expected MissingBackend, got {other}"),
+            Ok(_) => panic!("expected MissingBackend, got a broker"),
+        }
+    }
 
     #[test]
     fn hides_passwords_only() {

@@ -4,8 +4,13 @@
 //! - this file: the traits every backend implements, with the delivery contract in their
 //!   documentation, and [`BrokerError`].
 //! - [`embedded`]: the default backend, a durable log in SQLite inside the Roomcast process.
+//! - `amqp` (feature `rabbitmq`) and `kafka` (feature `kafka`): the networked backends; both
+//!   features are on by default, and a build without one refuses its URLs with
+//!   [`BrokerError::MissingBackend`].
 //! - `testkit` (feature `testkit`): the contract test suite that every backend must pass.
 //! - [`connect`]: opens the backend named by a broker URL.
+//! - `links`: [`GatewayLink`] and [`WorkerLink`], the parts of a [`Broker`] each side uses.
+//! - `history`: [`open_history`], replaying the inbound stream's retained history (Kafka).
 //!
 //! # Delivery contract
 //! There are two streams.
@@ -41,13 +46,19 @@
 //! the missed messages from the store. Durability lives in the inbound stream and the store,
 //! never in fan-out.
 
+#[cfg(feature = "rabbitmq")]
 pub mod amqp;
 mod connect;
 pub mod embedded;
+mod history;
+#[cfg(feature = "kafka")]
 pub mod kafka;
+mod links;
+#[cfg(any(feature = "rabbitmq", feature = "kafka"))]
 mod pack;
 #[cfg(feature = "testkit")]
 pub mod testkit;
+mod url_settings;
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -58,9 +69,15 @@ use thiserror::Error;
 
 pub use connect::{connect, redact_url};
 pub use embedded::{EmbeddedBroker, EmbeddedOptions, EmbeddedStats};
+pub use history::{HistoryReader, ReplayRange, ReplayRecord, ReplayStart, open_history};
+pub use links::{GatewayLink, WorkerLink};
+pub use url_settings::SettingError;
 
 /// A broker failure. Messages are for logs; clients only ever see `unavailable`.
-#[derive(Debug, Error)]
+///
+/// `Clone`, so that one failure can end each of several operations (the records of a pack,
+/// the events of a fan-out record).
+#[derive(Debug, Clone, Error)]
 pub enum BrokerError {
     /// The broker could not be reached or the connection was lost.
     #[error("broker unavailable: {0}")]
@@ -70,27 +87,38 @@ pub enum BrokerError {
     Rejected(String),
     /// The backend's storage failed.
     #[error("broker storage error: {0}")]
-    Storage(#[from] sqlx::Error),
+    Storage(#[source] Arc<sqlx::Error>),
     /// The broker URL or settings are invalid.
     #[error("invalid broker configuration: {0}")]
     Config(String),
+    /// A setting in the broker URL's query is unknown or has a bad value.
+    #[error("invalid broker URL: {0}")]
+    Setting(#[from] SettingError),
+    /// The URL names a backend this build was compiled without.
+    #[error("this build has no {backend} support; rebuild with the `{feature}` feature")]
+    MissingBackend {
+        /// The backend's name (`RabbitMQ`, `Kafka`).
+        backend: &'static str,
+        /// The Cargo feature of `roomcast-broker` that includes it.
+        feature: &'static str,
+    },
+    /// The backend named by the URL keeps no history of the inbound stream to replay.
+    #[error(
+        "`{url}` keeps no history: replays read a Kafka inbound topic and this is not a kafka:// \
+         URL (the embedded and RabbitMQ backends delete events once they are processed)"
+    )]
+    NoHistory {
+        /// The URL, its password hidden.
+        url: String,
+    },
     /// The broker, stream or subscription was closed.
     #[error("broker closed")]
     Closed,
 }
 
-impl BrokerError {
-    /// The same failure again, for each of several operations that one failure ended (the
-    /// records of a pack, the events of a fan-out record); a storage error is carried as its
-    /// text.
-    pub fn duplicate(&self) -> BrokerError {
-        match self {
-            BrokerError::Unavailable(m) => BrokerError::Unavailable(m.clone()),
-            BrokerError::Rejected(m) => BrokerError::Rejected(m.clone()),
-            BrokerError::Config(m) => BrokerError::Config(m.clone()),
-            BrokerError::Closed => BrokerError::Closed,
-            BrokerError::Storage(e) => BrokerError::Unavailable(e.to_string()),
-        }
+impl From<sqlx::Error> for BrokerError {
+    fn from(error: sqlx::Error) -> Self {
+        BrokerError::Storage(Arc::new(error))
     }
 }
 
@@ -101,27 +129,23 @@ pub type PendingPublish = Pin<Box<dyn Future<Output = Result<(), BrokerError>> +
 /// Durable publishing of inbound events (the gateway's side of the inbound stream).
 #[async_trait]
 pub trait EventPublisher: Send + Sync {
-    /// Stores `payload` under `key` (the room) and returns once it is durable.
+    /// Starts a publish of `payload` under `key` (the room): returns once the record's place
+    /// in its key's order is fixed, with a future that resolves when it is durable (with
+    /// [`publish`](Self::publish)'s meaning). Records started by one caller one after another,
+    /// each start awaited, keep that order per key, however their durability futures are
+    /// awaited; so a caller keeps many publishes in flight (pipelined) without losing its
+    /// order.
     ///
     /// Many calls may be in flight at once; a backend batches them (group commit, pipelined
-    /// confirms) but confirms each only after it is durable. Records published by one caller
-    /// one after another, each awaited, keep their order per key.
-    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError>;
+    /// confirms) but confirms each only after it is durable.
+    async fn start_publish(&self, key: &str, payload: Bytes)
+    -> Result<PendingPublish, BrokerError>;
 
-    /// Starts a publish: returns once the record's place in its key's order is fixed, with a
-    /// future that resolves when it is durable (with [`publish`](Self::publish)'s meaning).
-    /// Records started by one caller one after another, each start awaited, keep that order
-    /// per key, however their durability futures are awaited; so a caller keeps many
-    /// publishes in flight (pipelined) without losing its order.
-    ///
-    /// The default publishes and returns a resolved future (one publish at a time).
-    async fn start_publish(
-        &self,
-        key: &str,
-        payload: Bytes,
-    ) -> Result<PendingPublish, BrokerError> {
-        self.publish(key, payload).await?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
+    /// Stores `payload` under `key` (the room) and returns once it is durable: starts the
+    /// publish and awaits its confirm. Records published by one caller one after another,
+    /// each awaited, keep their order per key.
+    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
+        self.start_publish(key, payload).await?.await
     }
 }
 
@@ -207,20 +231,19 @@ pub trait DeadLetterSink: Send + Sync {
 /// Publishing of fan-out messages (the worker's side of fan-out).
 #[async_trait]
 pub trait FanoutPublisher: Send + Sync {
-    /// Publishes `payload` for the subscribers of `room`; returns once the broker accepted it.
-    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError>;
-
-    /// Starts a fan-out publish: returns once the message's place in its room's order is
-    /// fixed, with a future that resolves when the broker accepted it (as
-    /// [`publish_fanout`](Self::publish_fanout)), so a worker publishes a batch's messages
-    /// pipelined, in order. The default publishes and returns a resolved future.
+    /// Starts a fan-out publish of `payload` for the subscribers of `room`: returns once the
+    /// message's place in its room's order is fixed, with a future that resolves when the
+    /// broker accepted it, so a worker publishes a batch's messages pipelined, in order.
     async fn start_publish_fanout(
         &self,
         room: &str,
         payload: Bytes,
-    ) -> Result<PendingPublish, BrokerError> {
-        self.publish_fanout(room, payload).await?;
-        Ok(Box::pin(std::future::ready(Ok(()))))
+    ) -> Result<PendingPublish, BrokerError>;
+
+    /// Publishes `payload` for the subscribers of `room`; returns once the broker accepted it
+    /// (starts the publish and awaits its acceptance).
+    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError> {
+        self.start_publish_fanout(room, payload).await?.await
     }
 }
 
@@ -273,4 +296,14 @@ pub trait Broker:
     /// resources, and makes streams, subscriptions and later calls return
     /// [`BrokerError::Closed`]. The default does nothing.
     async fn close(&self) {}
+}
+
+/// Checking that the broker is reachable (for `/readyz`); the links' health check of a
+/// [`Broker`] (see [`GatewayLink`]).
+#[async_trait]
+pub trait Health: Send + Sync {
+    /// The backend's name, for logs and `/readyz` (`embedded`, `rabbitmq`, `kafka`).
+    fn backend(&self) -> &'static str;
+    /// Checks that the broker is reachable.
+    async fn check(&self) -> Result<(), BrokerError>;
 }

@@ -193,7 +193,7 @@ async fn pump(packer: Arc<Packer>, key: Arc<str>, arrived: Arc<Notify>) {
                 for done in dones {
                     let _ = done.send(match &result {
                         Ok(()) => Ok(()),
-                        Err(error) => Err(error.duplicate()),
+                        Err(error) => Err(error.clone()),
                     });
                 }
             }

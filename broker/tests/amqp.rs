@@ -2,6 +2,7 @@
 //! bindings per room. They need RabbitMQ (`ROOMCAST_TEST_AMQP_URL`, default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`) and `rabbitmqctl` on the same machine; outside CI
 //! they skip when RabbitMQ cannot be reached, with `CI=true` they fail.
+#![cfg(feature = "rabbitmq")]
 
 use bytes::Bytes;
 use roomcast_broker::testkit::{

@@ -1,6 +1,7 @@
 //! The broker contract suite, run on RabbitMQ (`ROOMCAST_TEST_AMQP_URL`, default
 //! `amqp://guest:guest@127.0.0.1:5672/%2f`), a fresh prefix per broker. Outside CI the tests
 //! skip when RabbitMQ cannot be reached; with `CI=true` they fail.
+#![cfg(feature = "rabbitmq")]
 
 mod rabbit {
     use async_trait::async_trait;

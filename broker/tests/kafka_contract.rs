@@ -1,5 +1,6 @@
 //! The broker contract suite, run on the Kafka backend against a real Kafka-protocol broker
 //! (`ROOMCAST_TEST_KAFKA_URL`, e.g. from `scripts/tansu start`), with fresh topics per broker.
+#![cfg(feature = "kafka")]
 
 use async_trait::async_trait;
 use roomcast_broker::Broker;

@@ -2,7 +2,7 @@
 //!
 //! [`replay`] reads the inbound topic `{prefix}.events` from a start point
 //! ([`ReplayStart`]: the beginning, offsets, or a time) up to its end at the time the replay
-//! opens (see [`KafkaReplay`]), and puts every record through the live worker's path:
+//! opens (see [`roomcast_broker::HistoryReader`]), and puts every record through the live worker's path:
 //! decode and validate the envelope, run the event's [handler](crate::handler), then
 //! [`Store::append`] in batches, in offset order per partition (so in publish order per room).
 //!
@@ -29,15 +29,15 @@ use crate::store::{Appended, Store, StoreError};
 use crate::worker::WorkerConfig;
 use crate::worker::{decode_event as decode, now_ms};
 use bytes::Bytes;
-use roomcast_broker::kafka::replay::{KafkaReplay, ReplayRecord};
-use roomcast_broker::{Broker, BrokerError, redact_url};
+use roomcast_broker::{Broker, BrokerError};
+use roomcast_broker::{ReplayRecord, open_history};
 use roomcast_schemas::{DeadLetter, ENVELOPE_VERSION, InboundEvent};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
-pub use roomcast_broker::kafka::replay::ReplayStart;
+pub use roomcast_broker::ReplayStart;
 
 /// How often progress is logged.
 const PROGRESS_EVERY: Duration = Duration::from_secs(5);
@@ -124,26 +124,21 @@ pub async fn replay(
     options: &ReplayOptions,
     shutdown: &CancellationToken,
 ) -> Result<ReplayReport, ReplayError> {
-    let is_kafka = broker_url
-        .trim_start()
-        .split_once("://")
-        .is_some_and(|(scheme, _)| scheme.eq_ignore_ascii_case("kafka"));
-    if !is_kafka {
-        return Err(ReplayError::Config(format!(
-            "replay reads the history kept in a Kafka inbound topic; `{}` is not a kafka:// \
-             URL (the embedded and RabbitMQ backends delete events once they are processed)",
-            redact_url(broker_url)
-        )));
-    }
     if options.batch_max == 0 || options.max_attempts == 0 {
         return Err(ReplayError::Config(
             "batch_max and max_attempts must be at least 1".to_owned(),
         ));
     }
-    let mut reader = KafkaReplay::open(broker_url, &options.start).await?;
+    let mut reader = match open_history(broker_url, &options.start).await {
+        Ok(reader) => reader,
+        Err(error @ BrokerError::NoHistory { .. }) => {
+            return Err(ReplayError::Config(error.to_string()));
+        }
+        Err(error) => return Err(error.into()),
+    };
     // Fan-out and dead letters go through the ordinary backend.
     let publisher = if options.fanout || options.dead_letter {
-        Some(roomcast_broker::kafka::connect(broker_url).await?)
+        Some(roomcast_broker::connect(broker_url).await?)
     } else {
         None
     };
@@ -161,7 +156,7 @@ pub async fn replay(
     };
     let total: u64 = reader.ranges().iter().map(|range| range.len()).sum();
     tracing::info!(
-        topic = reader.topic(),
+        topic = reader.source(),
         start = %options.start,
         records = total,
         "replay started"

@@ -562,7 +562,7 @@ impl Worker {
         let mut outcomes: Vec<(usize, u64, Result<(), BrokerError>)> = Vec::new();
         for (items, result) in results {
             for (index, seq) in items {
-                let result = result.as_ref().map_err(BrokerError::duplicate).copied();
+                let result = result.as_ref().map_err(BrokerError::clone).copied();
                 outcomes.push((index, seq, result));
             }
         }

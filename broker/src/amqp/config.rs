@@ -1,5 +1,6 @@
 //! The RabbitMQ backend's settings, read from the broker URL.
 
+use crate::url_settings::{SettingError, pairs};
 use crate::{BrokerError, redact_url};
 use lapin::uri::AMQPUri;
 use std::str::FromStr;
@@ -88,14 +89,15 @@ impl AmqpConfig {
             reconnect_max: Duration::from_secs(10),
         };
         let query = query.split('#').next().unwrap_or(query);
-        for pair in query.split('&').filter(|p| !p.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            let bad = |expected: &str| {
-                BrokerError::Config(format!(
-                    "AMQP URL parameter `{name}={value}`: expected {expected}"
-                ))
+        for (name, value) in pairs(query) {
+            let value = value.as_str();
+            let bad = |expected: &str| SettingError::BadValue {
+                backend: "RabbitMQ",
+                key: name.clone(),
+                value: value.to_owned(),
+                expected: expected.to_owned(),
             };
-            match name {
+            match name.as_str() {
                 "prefix" => {
                     let ok = !value.is_empty()
                         && value.len() <= MAX_PREFIX_LEN
@@ -104,9 +106,9 @@ impl AmqpConfig {
                             .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'-' | b'.'))
                         && !value.starts_with("amq.");
                     if !ok {
-                        return Err(bad(
+                        return Err(BrokerError::from(bad(
                             "1-100 characters of A-Z a-z 0-9 _ - . (not starting with `amq.`)",
-                        ));
+                        )));
                     }
                     config.prefix = value.to_owned();
                 }
@@ -121,7 +123,7 @@ impl AmqpConfig {
                     config.queue_type = match value {
                         "quorum" => QueueType::Quorum,
                         "classic" => QueueType::Classic,
-                        _ => return Err(bad("`quorum` or `classic`")),
+                        _ => return Err(BrokerError::from(bad("`quorum` or `classic`"))),
                     };
                 }
                 "prefetch" => {
@@ -177,12 +179,14 @@ impl AmqpConfig {
                     );
                 }
                 _ => {
-                    return Err(BrokerError::Config(format!(
-                        "unknown AMQP URL parameter `{name}`; known: prefix, shards, queue_type, \
-                         prefetch, key_window, pack, confirm_timeout_ms, op_timeout_ms, \
-                         reconnect_max_ms, heartbeat, frame_max, channel_max, \
-                         connection_timeout, auth_mechanism"
-                    )));
+                    return Err(SettingError::UnknownKey {
+                        backend: "RabbitMQ",
+                        key: name,
+                        known: "prefix, shards, queue_type, prefetch, key_window, pack, \
+                                confirm_timeout_ms, op_timeout_ms, reconnect_max_ms, heartbeat, \
+                                frame_max, channel_max, connection_timeout, auth_mechanism",
+                    }
+                    .into());
                 }
             }
         }
@@ -267,25 +271,47 @@ mod tests {
 
     #[test]
     fn rejects_bad_parameters_without_leaking_the_password() {
-        for url in [
-            "amqp://u:secret@h/?shards=0",
-            "amqp://u:secret@h/?shards=x",
-            "amqp://u:secret@h/?queue_type=stream",
-            "amqp://u:secret@h/?prefix=amq.x",
-            "amqp://u:secret@h/?prefix=a%20b",
-            "amqp://u:secret@h/?bogus=1",
-            "amqp://u:secret@h/?prefetch=0",
-            "amqp://u:secret@h/?pack=0",
-            "amqp://u:secret@h/?pack=4097",
-            "http://u:secret@h/",
+        for (url, name) in [
+            ("amqp://u:secret@h/?shards=0", "shards"),
+            ("amqp://u:secret@h/?shards=x", "shards"),
+            ("amqp://u:secret@h/?queue_type=stream", "queue_type"),
+            ("amqp://u:secret@h/?prefix=amq.x", "prefix"),
+            ("amqp://u:secret@h/?prefix=a%20b", "prefix"),
+            ("amqp://u:secret@h/?prefetch=0", "prefetch"),
+            ("amqp://u:secret@h/?pack=0", "pack"),
+            ("amqp://u:secret@h/?pack=4097", "pack"),
         ] {
             match AmqpConfig::parse(url) {
-                Err(BrokerError::Config(message)) => {
-                    assert!(!message.contains("secret"), "{message}");
+                Err(BrokerError::Setting(error @ SettingError::BadValue { .. })) => {
+                    assert!(matches!(&error, SettingError::BadValue { key, .. } if key == name));
+                    assert!(!error.to_string().contains("secret"), "{error}");
                 }
                 other => panic!("{url}: {other:?}"),
             }
         }
+        match AmqpConfig::parse("http://u:secret@h/") {
+            Err(BrokerError::Config(message)) => assert!(!message.contains("secret"), "{message}"),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_unknown_parameters_by_name() {
+        match AmqpConfig::parse("amqp://u:secret@h/?prefix=x&bog%75s=1") {
+            Err(BrokerError::Setting(SettingError::UnknownKey { key, .. })) => {
+                assert_eq!(key, "bogus");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn parameters_are_percent_decoded() {
+        let config = AmqpConfig::parse("amqp://u:p@h/%2f?prefix=rc%2E1&queue%5Ftype=classic")
+            .expect("parse");
+        assert_eq!(config.prefix, "rc.1");
+        assert_eq!(config.queue_type, QueueType::Classic);
+        assert_eq!(config.uri.vhost, "/");
     }
 
     #[test]

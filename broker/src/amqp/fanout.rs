@@ -1,8 +1,11 @@
 //! Fan-out subscriptions: one exclusive, auto-delete queue per subscription, bound to the
-//! fan-out exchange once per subscribed room, re-created after a reconnection.
+//! fan-out exchange once per subscribed room, re-created after a reconnection; and the
+//! publishing of fan-out messages to that exchange.
 
-use super::link::{Link, Session, Shared};
-use crate::{BrokerError, FanoutEvent, FanoutSubscription};
+use super::AmqpBroker;
+use super::link::{AmqpClient, Link, Session, next_delay, reconnect_delays};
+use super::publish::{Outgoing, start_confirmed};
+use crate::{BrokerError, FanoutEvent, FanoutPublisher, FanoutSubscription};
 use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -34,8 +37,8 @@ struct Core {
     link: Option<SubLink>,
 }
 
-struct SubShared {
-    shared: Arc<Shared>,
+struct SubscriptionState {
+    shared: Arc<AmqpClient>,
     core: tokio::sync::Mutex<Core>,
     /// The subscribed rooms, for dropping messages that arrive after an unsubscribe.
     rooms: Mutex<HashSet<Arc<str>>>,
@@ -43,7 +46,7 @@ struct SubShared {
 
 /// A gateway's subscription.
 pub(crate) struct AmqpSubscription {
-    inner: Arc<SubShared>,
+    inner: Arc<SubscriptionState>,
     events: tokio::sync::Mutex<mpsc::Receiver<FanoutEvent>>,
     /// Cancelled when the subscription is dropped.
     stop: CancellationToken,
@@ -51,10 +54,10 @@ pub(crate) struct AmqpSubscription {
 
 impl AmqpSubscription {
     /// Creates the subscription's queue and starts receiving.
-    pub(crate) async fn open(shared: Arc<Shared>) -> Result<Self, BrokerError> {
+    pub(crate) async fn open(shared: Arc<AmqpClient>) -> Result<Self, BrokerError> {
         let session = shared.session()?;
         let (link, consumer) = create(&shared, &session, &BTreeSet::new()).await?;
-        let inner = Arc::new(SubShared {
+        let inner = Arc::new(SubscriptionState {
             shared,
             core: tokio::sync::Mutex::new(Core {
                 rooms: BTreeSet::new(),
@@ -88,7 +91,7 @@ impl Drop for AmqpSubscription {
 /// Declares a server-named exclusive, auto-delete queue on a new channel, binds `rooms` and
 /// starts consuming (without acks: fan-out is best-effort).
 async fn create(
-    shared: &Shared,
+    shared: &AmqpClient,
     session: &Session,
     rooms: &BTreeSet<String>,
 ) -> Result<(SubLink, Consumer), BrokerError> {
@@ -162,7 +165,7 @@ async fn create(
 /// Forwards the consumer's messages; when the connection is lost, re-creates the queue with
 /// every subscribed room on the next connection and reports a gap.
 async fn run(
-    inner: Arc<SubShared>,
+    inner: Arc<SubscriptionState>,
     consumer: Consumer,
     mut generation: u64,
     tx: mpsc::Sender<FanoutEvent>,
@@ -171,7 +174,8 @@ async fn run(
     let shared = inner.shared.clone();
     let mut consumer = Some(consumer);
     let mut link_rx = shared.link.subscribe();
-    let mut retry = Duration::from_millis(100);
+    let mut delays = reconnect_delays(&shared.config);
+    let mut retry = next_delay(&mut delays, &shared.config);
     loop {
         if let Some(current) = consumer.as_mut() {
             let item = tokio::select! {
@@ -218,7 +222,7 @@ async fn run(
                     _ = link_rx.changed() => {}
                     () = tokio::time::sleep(retry) => {}
                 }
-                retry = (retry * 2).min(shared.config.reconnect_max);
+                retry = next_delay(&mut delays, &shared.config);
                 continue;
             }
         };
@@ -228,7 +232,8 @@ async fn run(
                 core.link = Some(link);
                 drop(core);
                 consumer = Some(created);
-                retry = Duration::from_millis(100);
+                delays = reconnect_delays(&shared.config);
+                retry = next_delay(&mut delays, &shared.config);
                 if session.generation != generation {
                     tracing::info!("fan-out subscription re-created after a reconnection");
                 }
@@ -248,7 +253,7 @@ async fn run(
                     () = shared.closed.cancelled() => break,
                     () = tokio::time::sleep(retry) => {}
                 }
-                retry = (retry * 2).min(shared.config.reconnect_max);
+                retry = next_delay(&mut delays, &shared.config);
             }
         }
     }
@@ -389,5 +394,35 @@ impl FanoutSubscription for AmqpSubscription {
                 None => return Err(BrokerError::Closed),
             }
         }
+    }
+}
+
+#[async_trait]
+impl FanoutPublisher for AmqpBroker {
+    /// The message's place is fixed once it is handed to the shared publishing channel.
+    async fn start_publish_fanout(
+        &self,
+        room: &str,
+        payload: Bytes,
+    ) -> Result<crate::PendingPublish, BrokerError> {
+        if room.is_empty() || room.len() > MAX_ROUTING_KEY {
+            return Err(BrokerError::Rejected(format!(
+                "room name must be 1-{} bytes on RabbitMQ",
+                MAX_ROUTING_KEY
+            )));
+        }
+        start_confirmed(
+            &self.shared,
+            Outgoing {
+                exchange: &self.shared.config.fanout_exchange(),
+                routing_key: room,
+                key: None,
+                records: None,
+                payload: &payload,
+                persistent: false,
+                mandatory: false,
+            },
+        )
+        .await
     }
 }

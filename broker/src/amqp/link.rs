@@ -58,7 +58,7 @@ pub(crate) enum Link {
 }
 
 /// What every part of the backend shares.
-pub(crate) struct Shared {
+pub(crate) struct AmqpClient {
     pub(crate) config: AmqpConfig,
     pub(crate) link: watch::Sender<Link>,
     /// Cancelled by `close()` or when the broker is dropped.
@@ -66,9 +66,9 @@ pub(crate) struct Shared {
     streams: AtomicU64,
 }
 
-impl Shared {
+impl AmqpClient {
     pub(crate) fn new(config: AmqpConfig, first: Arc<Session>) -> Self {
-        Shared {
+        AmqpClient {
             config,
             link: watch::Sender::new(Link::Up(first)),
             closed: CancellationToken::new(),
@@ -311,7 +311,7 @@ async fn declare_topology(channel: &Channel, config: &AmqpConfig) -> Result<(), 
 
 /// Watches the current session and replaces it when it fails, until the broker is closed;
 /// then closes the connection gracefully.
-pub(crate) async fn supervise(shared: Arc<Shared>, mut session: Arc<Session>) {
+pub(crate) async fn supervise(shared: Arc<AmqpClient>, mut session: Arc<Session>) {
     const CHECK: Duration = Duration::from_secs(1);
     loop {
         // Wait for a failure (reported, or seen by the periodic check) or for close.
@@ -343,7 +343,8 @@ pub(crate) async fn supervise(shared: Arc<Shared>, mut session: Arc<Session>) {
             .await;
         }
         let generation = session.generation + 1;
-        let mut delay = Duration::from_millis(100);
+        let mut delays = reconnect_delays(&shared.config);
+        let mut delay = next_delay(&mut delays, &shared.config);
         session = loop {
             tokio::select! {
                 biased;
@@ -360,7 +361,7 @@ pub(crate) async fn supervise(shared: Arc<Shared>, mut session: Arc<Session>) {
                     shared
                         .link
                         .send_replace(Link::Down(Arc::from(error.to_string())));
-                    delay = (delay * 2).min(shared.config.reconnect_max);
+                    delay = next_delay(&mut delays, &shared.config);
                 }
             }
         };
@@ -374,10 +375,27 @@ pub(crate) async fn supervise(shared: Arc<Shared>, mut session: Arc<Session>) {
 }
 
 /// Waits for unconfirmed publishes (briefly), then closes the channel and the connection.
-async fn shutdown(shared: &Shared, session: &Session) {
+async fn shutdown(shared: &AmqpClient, session: &Session) {
     shared.link.send_replace(Link::Closed);
     let grace = Duration::from_secs(5);
     let _ = tokio::time::timeout(grace, session.publisher.wait_for_confirms()).await;
     let _ = tokio::time::timeout(grace, session.publisher.close(200, "closing")).await;
     let _ = tokio::time::timeout(grace, session.connection.close(200, "closing")).await;
+}
+
+/// The pauses between attempts to reconnect (or to re-create what a reconnection lost):
+/// 100 ms, doubling up to `reconnect_max`, for as long as it takes.
+pub(crate) fn reconnect_delays(config: &AmqpConfig) -> backon::ExponentialBackoff {
+    use backon::BackoffBuilder;
+    backon::ExponentialBuilder::new()
+        .with_min_delay(Duration::from_millis(100))
+        .with_max_delay(config.reconnect_max.max(Duration::from_millis(100)))
+        .with_factor(2.0)
+        .without_max_times()
+        .build()
+}
+
+/// The next pause of `delays`.
+pub(crate) fn next_delay(delays: &mut backon::ExponentialBackoff, config: &AmqpConfig) -> Duration {
+    delays.next().unwrap_or(config.reconnect_max)
 }

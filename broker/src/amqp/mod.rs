@@ -18,7 +18,8 @@
 //! | `heartbeat` | 10 | AMQP heartbeat in seconds |
 //! | `frame_max`, `channel_max`, `connection_timeout`, `auth_mechanism` | | passed to the client |
 //!
-//! Unknown parameters are configuration errors. The connection's `connection_name` client
+//! Values are percent-decoded; unknown parameters and bad values are [`BrokerError::Setting`]
+//! errors naming the parameter. The connection's `connection_name` client
 //! property is `roomcast <prefix> pid <pid>` (`rabbitmqctl list_connections pid
 //! client_properties`; the management UI shows it as the connection's name).
 //!
@@ -87,18 +88,20 @@ mod config;
 mod fanout;
 mod inbound;
 mod link;
+mod publish;
 
 use crate::pack::{Outbound, Packer, Sender};
 use crate::{
-    Broker, BrokerError, DeadLetterSink, EventConsumer, EventPublisher, EventStream,
-    FanoutPublisher, FanoutSource, FanoutSubscription,
+    Broker, BrokerError, DeadLetterSink, EventConsumer, EventPublisher, EventStream, FanoutSource,
+    FanoutSubscription,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
 use config::AmqpConfig;
-use inbound::{AmqpStream, Outgoing, publish_confirmed, start_confirmed};
+use inbound::AmqpStream;
 use lapin::options::{ExchangeDeleteOptions, QueueDeleteOptions};
-use link::{Shared, open_session};
+use link::{AmqpClient, open_session};
+use publish::{Outgoing, publish_confirmed, start_confirmed};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::task::JoinHandle;
@@ -161,7 +164,7 @@ pub async fn delete_topology(url: &str) -> Result<(), BrokerError> {
 
 /// The RabbitMQ backend; see the [module documentation](self).
 struct AmqpBroker {
-    shared: Arc<Shared>,
+    shared: Arc<AmqpClient>,
     packer: Arc<Packer>,
     supervisor: tokio::sync::Mutex<Option<JoinHandle<()>>>,
 }
@@ -171,7 +174,7 @@ impl AmqpBroker {
         let config = AmqpConfig::parse(url)?;
         let config_pack = config.pack;
         let session = open_session(&config, 1).await?;
-        let shared = Arc::new(Shared::new(config, session.clone()));
+        let shared = Arc::new(AmqpClient::new(config, session.clone()));
         let supervisor = tokio::spawn(link::supervise(shared.clone(), session));
         Ok(AmqpBroker {
             packer: Arc::new(Packer::new(config_pack, 1, packed_sender(&shared))),
@@ -182,7 +185,7 @@ impl AmqpBroker {
 }
 
 /// Publishes the packer's messages on the shared confirm channel.
-fn packed_sender(shared: &Arc<Shared>) -> Sender {
+fn packed_sender(shared: &Arc<AmqpClient>) -> Sender {
     let shared = shared.clone();
     Arc::new(move |out: Outbound| {
         let shared = shared.clone();
@@ -215,10 +218,6 @@ impl Drop for AmqpBroker {
 
 #[async_trait]
 impl EventPublisher for AmqpBroker {
-    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.start_publish(key, payload).await?.await
-    }
-
     /// The record's place is fixed once it is queued for its room's next message.
     async fn start_publish(
         &self,
@@ -270,40 +269,6 @@ impl DeadLetterSink for AmqpBroker {
                 payload: &payload,
                 persistent: true,
                 mandatory: true,
-            },
-        )
-        .await
-    }
-}
-
-#[async_trait]
-impl FanoutPublisher for AmqpBroker {
-    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.start_publish_fanout(room, payload).await?.await
-    }
-
-    /// The message's place is fixed once it is handed to the shared publishing channel.
-    async fn start_publish_fanout(
-        &self,
-        room: &str,
-        payload: Bytes,
-    ) -> Result<crate::PendingPublish, BrokerError> {
-        if room.is_empty() || room.len() > fanout::MAX_ROUTING_KEY {
-            return Err(BrokerError::Rejected(format!(
-                "room name must be 1-{} bytes on RabbitMQ",
-                fanout::MAX_ROUTING_KEY
-            )));
-        }
-        start_confirmed(
-            &self.shared,
-            Outgoing {
-                exchange: &self.shared.config.fanout_exchange(),
-                routing_key: room,
-                key: None,
-                records: None,
-                payload: &payload,
-                persistent: false,
-                mandatory: false,
             },
         )
         .await

@@ -7,7 +7,7 @@
 //! (`locking_mode=EXCLUSIVE`: a second process cannot open the same log).
 
 use super::queue::Stored;
-use super::{Shared, lock};
+use super::{Dispatch, lock};
 use crate::BrokerError;
 use bytes::Bytes;
 use sqlx::sqlite::{
@@ -17,7 +17,7 @@ use sqlx::{ConnectOptions, Connection, QueryBuilder, Sqlite};
 use std::path::Path;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 /// Version of the log's schema, kept in `PRAGMA user_version`.
@@ -112,7 +112,7 @@ pub(super) async fn open(
 pub(super) struct Writer {
     conn: SqliteConnection,
     rx: mpsc::Receiver<Op>,
-    shared: Arc<Shared>,
+    shared: Arc<Dispatch>,
     next_id: i64,
     max_batch: usize,
 }
@@ -129,7 +129,7 @@ impl Writer {
     pub(super) fn new(
         conn: SqliteConnection,
         rx: mpsc::Receiver<Op>,
-        shared: Arc<Shared>,
+        shared: Arc<Dispatch>,
         max_id: Option<i64>,
         max_batch: usize,
     ) -> Self {
@@ -414,9 +414,7 @@ fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
     })
 }
 
+/// Milliseconds since the Unix epoch, as SQLite stores them.
 fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+    i64::try_from(roomcast_schemas::now_ms()).unwrap_or(i64::MAX)
 }

@@ -97,14 +97,14 @@ struct Counters {
 
 /// State shared by the broker, its streams, deliveries and the writer.
 #[derive(Debug)]
-struct Shared {
+struct Dispatch {
     queue: Mutex<Queue>,
     /// Woken when keys become ready, and on close.
     ready: Notify,
     stats: Counters,
 }
 
-impl Shared {
+impl Dispatch {
     /// Wakes streams waiting for records after `keys` became ready.
     /// Wakes the waiting streams when `keys` keys got records to take. All of them: a record
     /// of an owned key can only go to its owner.
@@ -128,7 +128,7 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
 
 /// The embedded broker. Open it with [`EmbeddedBroker::open`]; it implements [`Broker`].
 pub struct EmbeddedBroker {
-    shared: Arc<Shared>,
+    shared: Arc<Dispatch>,
     writer: mpsc::Sender<Op>,
     fanout: Arc<FanoutHub>,
     dir: PathBuf,
@@ -158,13 +158,13 @@ impl EmbeddedBroker {
     ) -> Result<Arc<EmbeddedBroker>, BrokerError> {
         tokio::fs::create_dir_all(dir)
             .await
-            .map_err(|e| BrokerError::Storage(sqlx::Error::Io(e)))?;
+            .map_err(|e| BrokerError::from(sqlx::Error::Io(e)))?;
         let (conn, max_id) = log::open(&dir.join("broker.db"), options.busy_timeout).await?;
         let window = Window {
             max_records: options.window_records,
             max_bytes: options.window_bytes,
         };
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(Dispatch {
             queue: Mutex::new(Queue::new(window, max_id.is_some())),
             ready: Notify::new(),
             stats: Counters::default(),
@@ -255,14 +255,6 @@ async fn write_through(writer: &mpsc::Sender<Op>, write: Write) -> Result<(), Br
 
 #[async_trait]
 impl EventPublisher for EmbeddedBroker {
-    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.write(Write::Publish {
-            key: Arc::from(key),
-            payload,
-        })
-        .await
-    }
-
     /// The record's place is fixed once the writer task has it (its queue is FIFO).
     async fn start_publish(
         &self,
@@ -312,8 +304,14 @@ impl DeadLetterSink for EmbeddedBroker {
 
 #[async_trait]
 impl FanoutPublisher for EmbeddedBroker {
-    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.fanout.publish(room, payload)
+    /// In memory: the message is handed to the subscribers at once.
+    async fn start_publish_fanout(
+        &self,
+        room: &str,
+        payload: Bytes,
+    ) -> Result<crate::PendingPublish, BrokerError> {
+        self.fanout.publish(room, payload)?;
+        Ok(Box::pin(std::future::ready(Ok(()))))
     }
 }
 
@@ -343,7 +341,7 @@ impl Broker for EmbeddedBroker {
 
 /// A consumer stream of the embedded broker.
 struct Stream {
-    shared: Arc<Shared>,
+    shared: Arc<Dispatch>,
     writer: mpsc::Sender<Op>,
     id: u64,
 }
@@ -357,7 +355,7 @@ impl Drop for Stream {
 
 /// Releases handed-out records if a batch is not handed over (cancelled or failed).
 struct Handover<'a> {
-    shared: &'a Shared,
+    shared: &'a Dispatch,
     records: Vec<(Arc<str>, i64, u64)>,
     /// Whether the delivery counters were sent to the writer (else the in-memory counters
     /// are rolled back on release).
@@ -446,7 +444,7 @@ impl EventStream for Stream {
 
 /// Settles one delivery of the embedded broker.
 struct Settlement {
-    shared: Arc<Shared>,
+    shared: Arc<Dispatch>,
     writer: mpsc::Sender<Op>,
     key: Arc<str>,
     id: i64,

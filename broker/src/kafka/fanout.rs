@@ -1,7 +1,8 @@
-//! Fan-out subscriptions: a consumer without a group per subscription, filtering rooms locally.
+//! Fan-out: publishing to `{prefix}.fanout`, and subscriptions (a consumer without a group per
+//! subscription, filtering rooms locally).
 
-use super::{METADATA_TIMEOUT, Shared};
-use crate::{BrokerError, FanoutEvent, FanoutSubscription};
+use super::{KafkaBroker, KafkaClient, METADATA_TIMEOUT};
+use crate::{BrokerError, FanoutEvent, FanoutPublisher, FanoutSubscription};
 use async_trait::async_trait;
 use bytes::Bytes;
 use rdkafka::consumer::{Consumer, StreamConsumer};
@@ -30,7 +31,7 @@ pub(crate) struct KafkaSubscription {
     stop: CancellationToken,
 }
 
-fn config(shared: &Shared) -> ClientConfig {
+fn config(shared: &KafkaClient) -> ClientConfig {
     let mut config = super::base_config(&shared.settings);
     // librdkafka needs a group id for manual assignments; the group is never joined and
     // nothing is committed.
@@ -53,7 +54,7 @@ fn config(shared: &Shared) -> ClientConfig {
 
 impl KafkaSubscription {
     /// Assigns every fan-out partition at its current end, then starts receiving.
-    pub(crate) async fn open(shared: Arc<Shared>) -> Result<KafkaSubscription, BrokerError> {
+    pub(crate) async fn open(shared: Arc<KafkaClient>) -> Result<KafkaSubscription, BrokerError> {
         let consumer: StreamConsumer = config(&shared)
             .create()
             .map_err(|e| BrokerError::Config(format!("kafka fan-out consumer: {e}")))?;
@@ -207,5 +208,18 @@ impl FanoutSubscription for KafkaSubscription {
                 None => return Err(BrokerError::Closed),
             }
         }
+    }
+}
+
+#[async_trait]
+impl FanoutPublisher for KafkaBroker {
+    async fn start_publish_fanout(
+        &self,
+        room: &str,
+        payload: Bytes,
+    ) -> Result<crate::PendingPublish, BrokerError> {
+        self.check_open()?;
+        let topic = self.shared.fanout_topic.clone();
+        self.shared.start_produce(topic, room, None, payload).await
     }
 }

@@ -26,7 +26,8 @@
 //! | `pack` | `64` | most inbound records of one room packed into one Kafka record (1: no packing) |
 //! | `pack_window` | `2` | inbound Kafka records of one room awaiting their delivery reports while later ones wait to be packed |
 //!
-//! Unknown settings and out-of-range values are [`BrokerError::Config`] errors.
+//! Values are percent-decoded. Unknown settings and out-of-range values are
+//! [`BrokerError::Setting`] errors naming the setting.
 //!
 //! # Topology
 //! - `{prefix}.events`: the inbound stream, keyed by room; a room's records share a
@@ -113,28 +114,28 @@
 //! published after `open` is missed). Rooms are filtered locally. A consumer error, or a full
 //! buffer (`fanout_buffer`), yields [`FanoutEvent::Gap`].
 
+mod config;
 mod consumer;
 mod fanout;
 pub mod replay;
-mod settings;
+mod topics;
 
 use crate::pack::{self, Outbound, Packer, Sender};
 use crate::{
-    Broker, BrokerError, DeadLetterSink, EventConsumer, EventPublisher, EventStream,
-    FanoutPublisher, FanoutSource, FanoutSubscription,
+    Broker, BrokerError, DeadLetterSink, EventConsumer, EventPublisher, EventStream, FanoutSource,
+    FanoutSubscription,
 };
 use async_trait::async_trait;
 use bytes::Bytes;
+use config::KafkaConfig;
 use rdkafka::ClientConfig;
-use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::DefaultClientContext;
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{FutureProducer, FutureRecord, Producer};
-use settings::Settings;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use topics::{create_topics, partition_count};
 
 /// How long metadata requests (health, topic checks) may take.
 const METADATA_TIMEOUT: Duration = Duration::from_secs(5);
@@ -147,8 +148,8 @@ pub async fn connect(url: &str) -> Result<Arc<dyn Broker>, BrokerError> {
 }
 
 /// What the broker, its streams and subscriptions share.
-pub(crate) struct Shared {
-    settings: Settings,
+pub(crate) struct KafkaClient {
+    settings: KafkaConfig,
     producer: FutureProducer,
     events_topic: String,
     fanout_topic: String,
@@ -164,7 +165,7 @@ pub(crate) struct Shared {
     leaving: std::sync::Mutex<Vec<(String, CancellationToken)>>,
 }
 
-impl Shared {
+impl KafkaClient {
     /// Notes that a stream of `group` was dropped; `left` is cancelled once it is gone.
     pub(crate) fn leaving(&self, group: &str, left: CancellationToken) {
         let mut leaving = self.leaving.lock().unwrap_or_else(|e| e.into_inner());
@@ -201,7 +202,7 @@ impl Shared {
 
 /// The Kafka backend; see the module documentation.
 pub struct KafkaBroker {
-    shared: Arc<Shared>,
+    shared: Arc<KafkaClient>,
     /// Packs a room's concurrent inbound publishes; `None` with `pack=1`.
     packer: Option<Arc<Packer>>,
 }
@@ -218,7 +219,7 @@ impl std::fmt::Debug for KafkaBroker {
 impl KafkaBroker {
     /// Connects to the cluster named by `url` (see the module documentation).
     pub async fn connect(url: &str) -> Result<Arc<KafkaBroker>, BrokerError> {
-        let settings = Settings::parse(url)?;
+        let settings = KafkaConfig::parse(url)?;
         let producer: FutureProducer = producer_config(&settings)
             .create()
             .map_err(|e| BrokerError::Config(format!("kafka producer: {e}")))?;
@@ -238,7 +239,7 @@ impl KafkaBroker {
         ] {
             partitions.push(partition_count(&producer, topic, &settings).await?);
         }
-        let shared = Arc::new(Shared {
+        let shared = Arc::new(KafkaClient {
             attempts_partitions: partitions[3],
             settings,
             producer,
@@ -274,7 +275,7 @@ impl KafkaBroker {
     }
 }
 
-impl Shared {
+impl KafkaClient {
     /// Queues a record in the producer and returns the wait for its delivery report; when the
     /// producer's queue is full, waits for room first (keeping the caller's order). `records`
     /// is the number of records packed into `payload`, when several.
@@ -362,7 +363,7 @@ fn produce_error(topic: &str, error: &KafkaError) -> BrokerError {
     }
 }
 
-fn base_config(settings: &Settings) -> ClientConfig {
+fn base_config(settings: &KafkaConfig) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
         .set("bootstrap.servers", &settings.bootstrap)
@@ -372,7 +373,7 @@ fn base_config(settings: &Settings) -> ClientConfig {
     config
 }
 
-fn producer_config(settings: &Settings) -> ClientConfig {
+fn producer_config(settings: &KafkaConfig) -> ClientConfig {
     let mut config = base_config(settings);
     config
         .set("enable.idempotence", "true")
@@ -392,103 +393,8 @@ fn producer_config(settings: &Settings) -> ClientConfig {
     config
 }
 
-/// Creates the missing topics; existing ones are left as they are.
-async fn create_topics(settings: &Settings) -> Result<(), BrokerError> {
-    let admin: AdminClient<DefaultClientContext> = base_config(settings)
-        .create()
-        .map_err(|e| BrokerError::Config(format!("kafka admin client: {e}")))?;
-    let retention_ms = settings.retention_ms.to_string();
-    let retention_bytes = settings.retention_bytes.to_string();
-    let fanout_retention_ms = settings.fanout_retention_ms.to_string();
-    let (events, fanout, dead_letters, attempts) = (
-        settings.events_topic(),
-        settings.fanout_topic(),
-        settings.dead_letter_topic(),
-        settings.attempts_topic(),
-    );
-    let replication = || TopicReplication::Fixed(settings.replication);
-    let topics = [
-        NewTopic::new(&events, settings.partitions, replication())
-            .set("retention.ms", &retention_ms)
-            .set("retention.bytes", &retention_bytes),
-        NewTopic::new(&fanout, settings.partitions, replication())
-            .set("retention.ms", &fanout_retention_ms),
-        NewTopic::new(&dead_letters, settings.partitions, replication()).set("retention.ms", "-1"),
-        NewTopic::new(&attempts, settings.partitions, replication())
-            .set("cleanup.policy", "compact"),
-    ];
-    let options = AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT));
-    let results = tokio::time::timeout(
-        METADATA_TIMEOUT * 2,
-        admin.create_topics(topics.iter(), &options),
-    )
-    .await
-    .map_err(|_| BrokerError::Unavailable("kafka: creating topics timed out".into()))?
-    .map_err(|e| BrokerError::Unavailable(format!("kafka: creating topics: {e}")))?;
-    for result in results {
-        match result {
-            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => {
-                return Err(BrokerError::Unavailable(format!(
-                    "kafka: creating topic {topic}: {code}"
-                )));
-            }
-        }
-    }
-    Ok(())
-}
-
-/// The number of partitions of `topic`, waiting briefly for a topic just created.
-async fn partition_count(
-    producer: &FutureProducer,
-    topic: &str,
-    settings: &Settings,
-) -> Result<i32, BrokerError> {
-    let deadline = tokio::time::Instant::now() + METADATA_TIMEOUT * 2;
-    loop {
-        let client = producer.clone();
-        let name = topic.to_owned();
-        let found = tokio::task::spawn_blocking(move || {
-            let metadata = client
-                .client()
-                .fetch_metadata(Some(&name), METADATA_TIMEOUT)
-                .map_err(|e| BrokerError::Unavailable(format!("kafka metadata: {e}")))?;
-            Ok::<_, BrokerError>(
-                metadata
-                    .topics()
-                    .iter()
-                    .find(|t| t.name() == name && t.error().is_none())
-                    .map(|t| t.partitions().len()),
-            )
-        })
-        .await
-        .map_err(|e| BrokerError::Unavailable(format!("kafka metadata task: {e}")))??;
-        match found {
-            Some(count) if count > 0 => {
-                return i32::try_from(count).map_err(|_| {
-                    BrokerError::Config(format!("topic {topic}: too many partitions"))
-                });
-            }
-            _ if tokio::time::Instant::now() >= deadline => {
-                return Err(if settings.create_topics {
-                    BrokerError::Unavailable(format!("kafka topic {topic} is not available"))
-                } else {
-                    BrokerError::Config(format!(
-                        "kafka topic {topic} does not exist and create_topics is false"
-                    ))
-                });
-            }
-            _ => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 #[async_trait]
 impl EventPublisher for KafkaBroker {
-    async fn publish(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.start_publish(key, payload).await?.await
-    }
-
     /// The record's place is fixed once it is queued for its room's next message (or, with
     /// `pack=1`, in the producer's queue of its partition: the idempotent producer keeps that
     /// order); the future waits for the delivery report of the message that carries it.
@@ -507,7 +413,7 @@ impl EventPublisher for KafkaBroker {
 }
 
 /// Produces the packer's messages to the inbound topic.
-fn packed_sender(shared: &Arc<Shared>) -> Sender {
+fn packed_sender(shared: &Arc<KafkaClient>) -> Sender {
     let shared = Arc::downgrade(shared);
     Arc::new(move |out: Outbound| {
         let shared = shared.upgrade();
@@ -541,24 +447,6 @@ impl DeadLetterSink for KafkaBroker {
     async fn dead_letter(&self, key: &str, payload: Bytes) -> Result<(), BrokerError> {
         self.produce(&self.shared.dead_letter_topic, key, &payload)
             .await
-    }
-}
-
-#[async_trait]
-impl FanoutPublisher for KafkaBroker {
-    async fn publish_fanout(&self, room: &str, payload: Bytes) -> Result<(), BrokerError> {
-        self.produce(&self.shared.fanout_topic, room, &payload)
-            .await
-    }
-
-    async fn start_publish_fanout(
-        &self,
-        room: &str,
-        payload: Bytes,
-    ) -> Result<crate::PendingPublish, BrokerError> {
-        self.check_open()?;
-        let topic = self.shared.fanout_topic.clone();
-        self.shared.start_produce(topic, room, None, payload).await
     }
 }
 

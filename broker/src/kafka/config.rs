@@ -1,11 +1,12 @@
 //! Parsing and validating `kafka://` URLs.
 
+use crate::url_settings::{SettingError, pairs};
 use crate::{BrokerError, redact_url};
 use std::time::Duration;
 
 /// The settings of a Kafka broker URL; see the module documentation for their meaning.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct Settings {
+pub(crate) struct KafkaConfig {
     /// `host:port[,host:port…]`.
     pub(crate) bootstrap: String,
     pub(crate) prefix: String,
@@ -27,9 +28,9 @@ pub(crate) struct Settings {
     pub(crate) pack_window: usize,
 }
 
-impl Default for Settings {
+impl Default for KafkaConfig {
     fn default() -> Self {
-        Settings {
+        KafkaConfig {
             bootstrap: String::new(),
             prefix: "roomcast".to_owned(),
             partitions: 16,
@@ -52,9 +53,9 @@ impl Default for Settings {
     }
 }
 
-impl Settings {
+impl KafkaConfig {
     /// Parses `kafka://host:port[,host:port…][/][?name=value&…]`.
-    pub(crate) fn parse(url: &str) -> Result<Settings, BrokerError> {
+    pub(crate) fn parse(url: &str) -> Result<KafkaConfig, BrokerError> {
         let shown = redact_url(url);
         let rest = url
             .split_once("://")
@@ -92,18 +93,19 @@ impl Settings {
             }
             hosts.push(host);
         }
-        let mut settings = Settings {
+        let mut settings = KafkaConfig {
             bootstrap: hosts.join(","),
-            ..Settings::default()
+            ..KafkaConfig::default()
         };
-        for pair in query.split('&').filter(|pair| !pair.is_empty()) {
-            let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
-            settings.set(name, value)?;
+        // The bootstrap list is not one host, so only the query goes through the `url` crate.
+        let query = query.split('#').next().unwrap_or(query);
+        for (name, value) in pairs(query) {
+            settings.set(&name, &value)?;
         }
         Ok(settings)
     }
 
-    fn set(&mut self, name: &str, value: &str) -> Result<(), BrokerError> {
+    fn set(&mut self, name: &str, value: &str) -> Result<(), SettingError> {
         match name {
             "prefix" => {
                 let valid = !value.is_empty()
@@ -112,10 +114,7 @@ impl Settings {
                         .chars()
                         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
                 if !valid {
-                    return Err(BrokerError::Config(format!(
-                        "kafka URL: prefix `{value}` must be 1 to 180 characters of \
-                         [A-Za-z0-9._-]"
-                    )));
+                    return Err(bad(name, value, "1 to 180 characters of [A-Za-z0-9._-]"));
                 }
                 self.prefix = value.to_owned();
             }
@@ -130,11 +129,7 @@ impl Settings {
                 self.create_topics = match value {
                     "true" | "1" | "yes" => true,
                     "false" | "0" | "no" => false,
-                    _ => {
-                        return Err(BrokerError::Config(format!(
-                            "kafka URL: create_topics must be true or false, not `{value}`"
-                        )));
-                    }
+                    _ => return Err(bad(name, value, "true or false")),
                 }
             }
             "linger_ms" => self.linger_ms = number(name, value, 0, 1000)?,
@@ -150,13 +145,11 @@ impl Settings {
             "pack" => self.pack = number(name, value, 1, 4096)?,
             "pack_window" => self.pack_window = number(name, value, 1, 1024)?,
             _ => {
-                return Err(BrokerError::Config(format!(
-                    "kafka URL: unknown setting `{name}`; known: prefix, partitions, \
-                     replication, retention_ms, retention_bytes, fanout_retention_ms, \
-                     create_topics, linger_ms, batch_size, message_timeout_ms, \
-                     revoke_timeout_ms, session_timeout_ms, fanout_buffer, key_window, \
-                     fetch_wait_ms, pack, pack_window"
-                )));
+                return Err(SettingError::UnknownKey {
+                    backend: "Kafka",
+                    key: name.to_owned(),
+                    known: KNOWN,
+                });
             }
         }
         Ok(())
@@ -193,36 +186,47 @@ impl Settings {
     }
 }
 
-fn number<T>(name: &str, value: &str, min: T, max: T) -> Result<T, BrokerError>
+/// The settings a Kafka URL may carry.
+const KNOWN: &str = "prefix, partitions, replication, retention_ms, retention_bytes, \
+    fanout_retention_ms, create_topics, linger_ms, batch_size, message_timeout_ms, \
+    revoke_timeout_ms, session_timeout_ms, fanout_buffer, key_window, fetch_wait_ms, pack, \
+    pack_window";
+
+fn bad(name: &str, value: &str, expected: impl Into<String>) -> SettingError {
+    SettingError::BadValue {
+        backend: "Kafka",
+        key: name.to_owned(),
+        value: value.to_owned(),
+        expected: expected.into(),
+    }
+}
+
+fn number<T>(name: &str, value: &str, min: T, max: T) -> Result<T, SettingError>
 where
     T: std::str::FromStr + PartialOrd + std::fmt::Display + Copy,
 {
     match value.parse::<T>() {
         Ok(n) if n >= min && n <= max => Ok(n),
-        _ => Err(BrokerError::Config(format!(
-            "kafka URL: {name} must be a number from {min} to {max}, not `{value}`"
-        ))),
+        _ => Err(bad(name, value, format!("a number from {min} to {max}"))),
     }
 }
 
 /// A retention limit: -1 (none) or a positive number.
-fn limit(name: &str, value: &str) -> Result<i64, BrokerError> {
+fn limit(name: &str, value: &str) -> Result<i64, SettingError> {
     match value.parse::<i64>() {
         Ok(n) if n == -1 || n > 0 => Ok(n),
-        _ => Err(BrokerError::Config(format!(
-            "kafka URL: {name} must be -1 (no limit) or a positive number, not `{value}`"
-        ))),
+        _ => Err(bad(name, value, "-1 (no limit) or a positive number")),
     }
 }
 
 #[cfg(test)]
 mod tests {
-    use super::Settings;
-    use crate::BrokerError;
+    use super::KafkaConfig;
+    use crate::{BrokerError, SettingError};
 
     #[test]
     fn parses_hosts_and_settings() {
-        let settings = Settings::parse(
+        let settings = KafkaConfig::parse(
             "kafka://a:9092,b:9093/?prefix=rc.test&partitions=3&retention_ms=86400000\
              &create_topics=false&linger_ms=0",
         )
@@ -235,13 +239,52 @@ mod tests {
         assert_eq!(settings.linger_ms, 0);
         assert_eq!(settings.events_topic(), "rc.test.events");
         assert_eq!(settings.group_id("workers"), "rc.test.workers");
-        let defaults = Settings::parse("kafka://localhost:9092").expect("valid URL");
+        let defaults = KafkaConfig::parse("kafka://localhost:9092").expect("valid URL");
         assert_eq!(defaults.prefix, "roomcast");
         assert_eq!(defaults.partitions, 16);
         assert_eq!(defaults.retention_ms, -1);
         assert_eq!((defaults.pack, defaults.pack_window), (64, 2));
-        let packing = Settings::parse("kafka://h:1?pack=1&pack_window=16").expect("valid URL");
+        let packing = KafkaConfig::parse("kafka://h:1?pack=1&pack_window=16").expect("valid URL");
         assert_eq!((packing.pack, packing.pack_window), (1, 16));
+    }
+
+    #[test]
+    fn settings_are_percent_decoded() {
+        let settings =
+            KafkaConfig::parse("kafka://h:1?prefix=rc%2Dtest&partitions=%33").expect("valid URL");
+        assert_eq!(settings.prefix, "rc-test");
+        assert_eq!(settings.partitions, 3);
+    }
+
+    #[test]
+    fn refuses_unknown_settings_by_name() {
+        match KafkaConfig::parse("kafka://h:1?prefix=x&col%6Fur=blue") {
+            Err(BrokerError::Setting(SettingError::UnknownKey { key, .. })) => {
+                assert_eq!(key, "colour");
+            }
+            other => panic!("expected an unknown-setting error, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn refuses_bad_values_by_name() {
+        for (url, name) in [
+            ("kafka://h:1?partitions=0", "partitions"),
+            ("kafka://h:1?partitions=x", "partitions"),
+            ("kafka://h:1?prefix=a%2Fb", "prefix"),
+            ("kafka://h:1?retention_ms=0", "retention_ms"),
+            ("kafka://h:1?create_topics=maybe", "create_topics"),
+            ("kafka://h:1?pack=0", "pack"),
+            ("kafka://h:1?pack=4097", "pack"),
+            ("kafka://h:1?pack_window=0", "pack_window"),
+        ] {
+            match KafkaConfig::parse(url) {
+                Err(BrokerError::Setting(SettingError::BadValue { key, .. })) => {
+                    assert_eq!(key, name, "{url}");
+                }
+                other => panic!("{url}: expected a bad-value error, got {other:?}"),
+            }
+        }
     }
 
     #[test]
@@ -249,19 +292,10 @@ mod tests {
         for (url, needle) in [
             ("kafka://", "is not host:port"),
             ("kafka://host", "is not host:port"),
-            ("kafka://h:1?partitions=0", "partitions must be"),
-            ("kafka://h:1?partitions=x", "partitions must be"),
-            ("kafka://h:1?prefix=a/b", "prefix"),
-            ("kafka://h:1?retention_ms=0", "retention_ms"),
-            ("kafka://h:1?create_topics=maybe", "create_topics"),
-            ("kafka://h:1?pack=0", "pack must be"),
-            ("kafka://h:1?pack=4097", "pack must be"),
-            ("kafka://h:1?pack_window=0", "pack_window must be"),
-            ("kafka://h:1?colour=blue", "unknown setting `colour`"),
             ("kafka://u:secret@h:1", "credentials"),
             ("amqp://h:1", "not a Kafka URL"),
         ] {
-            match Settings::parse(url) {
+            match KafkaConfig::parse(url) {
                 Err(BrokerError::Config(message)) => {
                     assert!(message.contains(needle), "{url}: {message}");
                     assert!(!message.contains("secret"), "{url}: {message}");
