@@ -14,7 +14,7 @@
 use crate::config::GatewayConfig;
 use crate::error::GatewayError;
 use crate::server::{Gateway, serve};
-use roomcast_broker::{Broker, BrokerError, EmbeddedBroker, EmbeddedOptions};
+use roomcast_broker::{Broker, BrokerError, EmbeddedBroker, EmbeddedOptions, GatewayLink};
 use roomcast_worker::{Store, StoreError, Worker, WorkerConfig, WorkerError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -125,7 +125,8 @@ impl EmbeddedApp {
             }
         };
         let dyn_broker: Arc<dyn Broker> = broker.clone();
-        let gateway = match Gateway::new(config, dyn_broker.clone(), store.clone()).await {
+        let link = GatewayLink::from_broker(dyn_broker.clone());
+        let gateway = match Gateway::new(config, link, store.clone()).await {
             Ok(gateway) => gateway,
             Err(err) => {
                 broker.close().await;
@@ -239,7 +240,7 @@ pub async fn run_gateway(
     listener: TcpListener,
     shutdown: CancellationToken,
 ) -> Result<(), AppError> {
-    let gateway = Gateway::new(config, broker, store).await?;
+    let gateway = Gateway::new(config, GatewayLink::from_broker(broker), store).await?;
     serve(listener, gateway, shutdown.cancelled_owned()).await?;
     Ok(())
 }

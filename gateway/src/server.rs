@@ -24,7 +24,7 @@ use axum::extract::{ConnectInfo, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
-use roomcast_broker::Broker;
+use roomcast_broker::GatewayLink;
 use roomcast_worker::Store;
 use serde::Deserialize;
 use serde_json::json;
@@ -51,7 +51,8 @@ pub(crate) struct GatewayState {
     pub(crate) config: GatewayConfig,
     pub(crate) verifier: Verifier,
     pub(crate) limits: Limits,
-    pub(crate) broker: Arc<dyn Broker>,
+    /// The broker's parts the gateway uses: publisher, fan-out source, health.
+    pub(crate) broker: GatewayLink,
     pub(crate) store: Store,
     pub(crate) rooms: Arc<Rooms>,
     minter: Option<Minter>,
@@ -190,7 +191,7 @@ pub struct Gateway {
 impl std::fmt::Debug for Gateway {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Gateway")
-            .field("broker", &self.shared.broker.name())
+            .field("broker", &self.shared.broker.health.backend())
             .field("sessions", &self.shared.sessions.len())
             .field("rooms", &self.shared.rooms.room_count())
             .finish_non_exhaustive()
@@ -198,12 +199,12 @@ impl std::fmt::Debug for Gateway {
 }
 
 impl Gateway {
-    /// Validates `config`, opens the fan-out subscription on `broker` and starts the fan-out
+    /// Validates `config`, opens the fan-out subscription of `broker` and starts the fan-out
     /// task. Serve it with [`serve`] (or mount [`Gateway::router`] yourself and call
     /// [`Gateway::shutdown`]).
     pub async fn new(
         config: GatewayConfig,
-        broker: Arc<dyn Broker>,
+        broker: GatewayLink,
         store: Store,
     ) -> Result<Gateway, GatewayError> {
         config.validate()?;
@@ -214,7 +215,7 @@ impl Gateway {
         };
         let limits = Limits::new(&config.limits);
         let subscription: Arc<dyn roomcast_broker::FanoutSubscription> =
-            Arc::from(broker.open().await?);
+            Arc::from(broker.fanout.open().await?);
         let rooms = Arc::new(Rooms::new(subscription.clone()));
         let shared = Arc::new(GatewayState {
             config,
@@ -425,7 +426,7 @@ async fn readyz(State(shared): State<Arc<GatewayState>>) -> Response {
         let body = json!({ "status": "shutting_down" });
         return (StatusCode::SERVICE_UNAVAILABLE, Json(body)).into_response();
     }
-    let broker = match tokio::time::timeout(READY_TIMEOUT, shared.broker.health()).await {
+    let broker = match tokio::time::timeout(READY_TIMEOUT, shared.broker.health.check()).await {
         Ok(Ok(())) => true,
         Ok(Err(err)) => {
             tracing::warn!(error = %err, "broker health check failed");
@@ -450,7 +451,7 @@ async fn readyz(State(shared): State<Arc<GatewayState>>) -> Response {
     let state = |ok: bool| if ok { "ok" } else { "unavailable" };
     let body = json!({
         "status": state(broker && store),
-        "broker": { "backend": shared.broker.name(), "status": state(broker) },
+        "broker": { "backend": shared.broker.health.backend(), "status": state(broker) },
         "store": { "status": state(store) },
     });
     let status = if broker && store {

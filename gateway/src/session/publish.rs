@@ -129,7 +129,7 @@ impl Session {
             biased;
             // Shutting down: no answer (never an ack for an unconfirmed event).
             _ = stopping.cancelled() => return Err(End::Close(Close::GOING_AWAY)),
-            started = self.gateway.broker.start_publish(&room, payload) => started,
+            started = self.gateway.broker.publisher.start_publish(&room, payload) => started,
         };
         match started {
             Ok(pending) => {

@@ -7,7 +7,7 @@ use crate::auth::{AuthConfig, Minter};
 use crate::config::GatewayConfig;
 use crate::outbound::RoomMessage;
 use crate::server::Gateway;
-use roomcast_broker::{Broker, EmbeddedBroker, EventConsumer};
+use roomcast_broker::{Broker, EmbeddedBroker, EventConsumer, GatewayLink};
 use roomcast_schemas::{FanoutMessage, InboundEvent, now_ms};
 use roomcast_worker::Store;
 use serde_json::Value;
@@ -89,7 +89,7 @@ async fn env(adjust: impl FnOnce(&mut GatewayConfig)) -> Env {
     let mut config = GatewayConfig::new(AuthConfig::hs256(SECRET.to_vec()));
     adjust(&mut config);
     let dyn_broker: Arc<dyn Broker> = broker.clone();
-    let gateway = Gateway::new(config, dyn_broker, store.clone())
+    let gateway = Gateway::new(config, GatewayLink::from_broker(dyn_broker), store.clone())
         .await
         .expect("gateway");
     Env {
