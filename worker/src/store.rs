@@ -172,30 +172,59 @@ impl Store {
         after: u64,
         limit: u32,
     ) -> Result<Vec<FanoutMessage>, StoreError> {
+        self.history_within(room, after, limit, usize::MAX).await
+    }
+
+    /// Like [`Store::history`], and the page stops once its payloads (`data`) reach
+    /// `max_bytes`: every message but the last starts below that total, so a page holds at
+    /// most `max_bytes` plus one message. The first message is always returned. The database
+    /// does the cut: messages beyond it never reach this process.
+    pub async fn history_within(
+        &self,
+        room: &str,
+        after: u64,
+        limit: u32,
+        max_bytes: usize,
+    ) -> Result<Vec<FanoutMessage>, StoreError> {
         // Seqs beyond i64::MAX cannot exist: nothing comes after such a position.
         let Ok(after) = i64::try_from(after) else {
             return Ok(Vec::new());
         };
+        let max_bytes = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
+        // The innermost query bounds the rows the window looks at; the window sums the
+        // payload bytes before each row.
         let rows: Vec<MessageRow> = match &self.backend {
             Backend::Sqlite { pool, .. } => {
                 sqlx::query_as(
-                    "SELECT room, seq, id, sender, event, ts, data FROM messages \
-                     WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3",
+                    "SELECT room, seq, id, sender, event, ts, data FROM ( \
+                       SELECT room, seq, id, sender, event, ts, data, \
+                         COALESCE(SUM(LENGTH(CAST(data AS BLOB))) OVER (ORDER BY seq \
+                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
+                       FROM (SELECT room, seq, id, sender, event, ts, data FROM messages \
+                             WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3) \
+                     ) WHERE before < ?4 ORDER BY seq",
                 )
                 .bind(room)
                 .bind(after)
                 .bind(i64::from(limit))
+                .bind(max_bytes)
                 .fetch_all(pool)
                 .await?
             }
             Backend::Postgres(pool) => {
                 sqlx::query_as(
-                    "SELECT room, seq, id, sender, event, ts, data FROM messages \
-                     WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3",
+                    "SELECT room, seq, id, sender, event, ts, data FROM ( \
+                       SELECT room, seq, id, sender, event, ts, data, \
+                         COALESCE(SUM(octet_length(data)) OVER (ORDER BY seq \
+                           ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
+                       FROM (SELECT room, seq, id, sender, event, ts, data FROM messages \
+                             WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3) page \
+                     ) sized WHERE before < $4 ORDER BY seq",
                 )
                 .bind(room)
                 .bind(after)
                 .bind(i64::from(limit))
+                .bind(max_bytes)
                 .fetch_all(pool)
                 .await?
             }

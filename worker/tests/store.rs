@@ -60,6 +60,7 @@ on_both_dialects!(
     seqs_count_from_one_per_room,
     duplicates_are_stored_once,
     history_pages_in_seq_order,
+    history_pages_stop_at_a_byte_budget,
     concurrent_appenders_keep_seqs_gap_free,
     data_round_trips_exactly,
     reopening_keeps_messages_and_numbering,
@@ -225,6 +226,39 @@ async fn history_pages_in_seq_order(target: &Target) {
     assert_eq!(page(3, 0).await, Vec::<u64>::new());
     assert_eq!(page(24, u32::MAX).await, [25]);
     assert_eq!(page(u64::MAX, 10).await, Vec::<u64>::new());
+}
+
+async fn history_pages_stop_at_a_byte_budget(target: &Target) {
+    let store = target.connect().await;
+    let room = random_name("room");
+    // Payloads of exactly 100 bytes.
+    let data = format!("\"{}\"", "x".repeat(98));
+    let events: Vec<InboundEvent> = (1..=10)
+        .map(|i| event(&room, "u", &format!("b{i}"), &data))
+        .collect();
+    store.append(&events).await.unwrap();
+    let page = |after, limit, max_bytes| {
+        let store = store.clone();
+        let room = room.clone();
+        async move {
+            store
+                .history_within(&room, after, limit, max_bytes)
+                .await
+                .unwrap()
+                .into_iter()
+                .map(|m| m.seq)
+                .collect::<Vec<u64>>()
+        }
+    };
+    // Every message but the last starts below the budget.
+    assert_eq!(page(0, 100, 250).await, [1, 2, 3]);
+    assert_eq!(page(0, 100, 300).await, [1, 2, 3]);
+    assert_eq!(page(0, 100, 301).await, [1, 2, 3, 4]);
+    // The count still bounds the page, and one message always comes.
+    assert_eq!(page(0, 2, 10_000).await, [1, 2]);
+    assert_eq!(page(4, 100, 0).await, [5]);
+    assert_eq!(page(8, 100, usize::MAX).await, [9, 10]);
+    assert_eq!(page(10, 100, 1_000).await, Vec::<u64>::new());
 }
 
 async fn concurrent_appenders_keep_seqs_gap_free(target: &Target) {

@@ -139,9 +139,10 @@ impl Session {
     }
 
     /// Sends the stored messages of `room` after its last delivered seq until `target` is
-    /// delivered (or, without a target, the store has no more). Pages hold at most
-    /// `history_page` messages; every `replay_bytes` of frames are written (and flushed) before
-    /// more are read, so a replay holds about that much per connection.
+    /// delivered (or, without a target, the store has no more). The store cuts each page at
+    /// `history_page` messages or `replay_bytes` of payload (plus one message), and a page is
+    /// written (and flushed, within the write deadline) before the next is read: a replay
+    /// holds about `replay_bytes` per connection.
     pub(super) async fn catch_up<T: Transport>(
         &mut self,
         transport: &mut T,
@@ -150,7 +151,6 @@ impl Session {
     ) -> Result<(), End> {
         let page = self.gateway.config.history_page;
         let budget = self.gateway.config.replay_bytes;
-        let mut queued: usize = self.out.iter().map(|frame| frame.as_str().len()).sum();
         loop {
             let Some(last) = self.delivery.last(room) else {
                 return Ok(());
@@ -158,33 +158,35 @@ impl Session {
             if target.is_some_and(|target| last >= target) {
                 return Ok(());
             }
-            let messages = match self.gateway.store.history(room, last, page).await {
+            let store = &self.gateway.store;
+            let messages = match store.history_within(room, last, page, budget).await {
                 Ok(messages) => messages,
                 Err(err) => {
                     tracing::warn!(room = &**room, error = %err, "reading room history failed");
                     return Err(End::Close(Close::INTERNAL));
                 }
             };
-            let full_page = messages.len() >= page as usize;
+            let count = messages.len();
+            let mut payload = 0;
             let mut delivered = last;
             for message in messages {
+                payload += message.data.get().len();
                 if message.seq <= delivered {
                     continue;
                 }
-                let frame = Utf8Bytes::from(message.to_frame_json());
-                queued += frame.as_str().len();
-                self.out.push(frame);
+                self.out.push(Utf8Bytes::from(message.to_frame_json()));
                 delivered = message.seq;
-                if queued >= budget {
-                    self.delivery.set(room, delivered);
-                    self.write(transport, super::Write::Queued).await?;
-                    queued = 0;
-                }
             }
             self.delivery.set(room, delivered);
-            if !full_page || delivered == last {
+            if delivered == last {
                 return Ok(());
             }
+            // Cut by count or by bytes: there may be more.
+            let more = count >= page as usize || payload >= budget;
+            if !more {
+                return Ok(());
+            }
+            self.write(transport, super::Write::Queued).await?;
         }
     }
 }

@@ -263,18 +263,25 @@ async fn history_replay_is_written_in_pages_of_replay_bytes() {
     store_events(&env.store, "r", 40, 200).await;
     let mut client = connect(&env, claims("alice", &["*"], Duration::from_secs(3600)));
     client.send(serde_json::json!({"type": "join", "room": "r", "since": 0}));
-    let mut flushes = 0;
+    // Messages written between two flushes.
+    let mut groups = vec![0usize];
     let mut seen = Vec::new();
     while seen.last() != Some(&40) {
         match client.written().await {
-            Written::Flush => flushes += 1,
-            Written::Frame(frame) => seen.extend(seqs(&[frame])),
+            Written::Flush => groups.push(0),
+            Written::Frame(frame) => {
+                let seqs = seqs(&[frame]);
+                *groups.last_mut().unwrap() += seqs.len();
+                seen.extend(seqs);
+            }
             other => panic!("{other:?}"),
         }
     }
     assert_eq!(seen, (1..=40).collect::<Vec<_>>());
-    // About 300 bytes per frame: a flush every 4 frames, not one for the whole page.
-    assert!(flushes >= 8, "only {flushes} flushes during the replay");
+    // 200-byte payloads and a 1 KiB budget: pages of 6 (each starts below 1 KiB), each
+    // written before the next is read.
+    assert!(groups.iter().all(|&n| n <= 6), "{groups:?}");
+    assert!(groups.len() >= 7, "{groups:?}");
     env.broker.close().await;
 }
 
