@@ -12,7 +12,7 @@ use roomcast_schemas::{FanoutMessage, InboundEvent, now_ms};
 use roomcast_worker::Store;
 use serde_json::Value;
 use serde_json::value::RawValue;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 use tempfile::TempDir;
 use tokio::sync::mpsc::{UnboundedReceiver, UnboundedSender, unbounded_channel};
@@ -175,13 +175,15 @@ fn connect(env: &Env, claims: Claims) -> Client {
     }
 }
 
-/// Stores `count` events in `room` and returns their fan-out messages.
+/// Stores `count` events in `room` and returns their fan-out messages. Every event gets an id
+/// of its own (a repeated id would be deduplicated by the store).
 async fn store_events(store: &Store, room: &str, count: usize, size: usize) -> Vec<FanoutMessage> {
+    static NEXT_ID: AtomicU64 = AtomicU64::new(0);
     let text = serde_json::to_string(&"x".repeat(size)).unwrap();
     let events: Vec<InboundEvent> = (0..count)
-        .map(|i| InboundEvent {
+        .map(|_| InboundEvent {
             v: 1,
-            id: format!("e-{}-{i}", now_ms()),
+            id: format!("e-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
             room: room.to_owned(),
             event: "chat".to_owned(),
             from: "bob".to_owned(),
