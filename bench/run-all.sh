@@ -3,7 +3,7 @@
 # tokio-tungstenite server and Socket.IO, 3 runs each, server pinned to CPU 0 and the load
 # generator to CPU 1, then draws the charts. Results land in bench/results/.
 #
-#   cargo build --release -p roomcast-gateway -p roomcast-bench
+#   cargo build --release -p roomcast -p roomcast-bench
 #   (cd bench/socketio && npm ci)
 #   bench/run-all.sh            # about 40 minutes on 2 cores
 #   bench/run-all.sh fanout     # only the suites whose name contains "fanout"
@@ -15,7 +15,7 @@ out=bench/results
 runs=${RUNS:-3}
 only=${1:-}
 [ -x "$bench" ] && [ -x target/release/roomcast ] \
-  || { echo "build first: cargo build --release -p roomcast-gateway -p roomcast-bench" >&2; exit 1; }
+  || { echo "build first: cargo build --release -p roomcast -p roomcast-bench" >&2; exit 1; }
 [ -d bench/socketio/node_modules/socket.io ] \
   || { echo "install the Socket.IO baseline first: (cd bench/socketio && npm ci)" >&2; exit 1; }
 mkdir -p "$out"

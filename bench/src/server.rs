@@ -307,7 +307,7 @@ fn ensure_exists(bin: &Path) -> Result<(), ServerError> {
         Ok(())
     } else {
         Err(ServerError::Missing(format!(
-            "{} does not exist: build it first (cargo build --release -p roomcast-gateway), \
+            "{} does not exist: build it first (cargo build --release -p roomcast), \
              or point --roomcast-dir at the directory that holds it",
             bin.display()
         )))

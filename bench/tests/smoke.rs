@@ -3,7 +3,7 @@
 //! duplicated. No timing assertions.
 //!
 //! The `roomcast` binary belongs to another package, so it is built here (`cargo build -p
-//! roomcast-gateway --bin roomcast`, a no-op when up to date) into the target directory and
+//! roomcast --bin roomcast`, a no-op when up to date) into the target directory and
 //! profile this test runs from; set `ROOMCAST_BIN_DIR` to use binaries from elsewhere. The
 //! Socket.IO runs need `npm ci` in `bench/socketio`.
 
@@ -46,14 +46,7 @@ fn roomcast_dir() -> &'static Path {
             .to_path_buf();
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| env!("CARGO").into());
         let mut build = Command::new(cargo);
-        build.args([
-            "build",
-            "--quiet",
-            "-p",
-            "roomcast-gateway",
-            "--bin",
-            "roomcast",
-        ]);
+        build.args(["build", "--quiet", "-p", "roomcast", "--bin", "roomcast"]);
         if profile != "debug" {
             build.args(["--profile", &profile]);
         }

@@ -3,7 +3,6 @@
 //! # Layout
 //! - [`auth`]: JWT verification at the handshake (pinned algorithm) and token minting.
 //! - [`limits`]: governor rate limits per connection, per user and per client IP.
-//! - [`cli`]: the binaries' command-line options and their conversion into a config.
 //! - [`config`]: [`GatewayConfig`], every setting with its default and validation.
 //! - [`server`]: the routes (`/ws`, `/healthz`, `/readyz`, `/`, `/dev/token`) and the handshake.
 //! - `listen`: [`serve`], the accept loop with hyper's timeouts and graceful shutdown.
@@ -13,12 +12,9 @@
 //! - `outbound`: what fan-out hands to a connection (the member handle and its queue items).
 //! - `rooms`: the sharded room registry and the fan-out subscriptions that follow it.
 //! - `fanout`: the task that hands each fan-out message to the room's local members.
-//! - [`app`]: whole processes: the all-in-one app and a gateway-only process.
 //! - [`error`]: [`GatewayError`], why a gateway could not start.
 
-pub mod app;
 pub mod auth;
-pub mod cli;
 pub mod config;
 pub mod error;
 mod fanout;
@@ -30,7 +26,6 @@ pub mod server;
 mod session;
 mod ws;
 
-pub use app::{AppError, AppOptions, EmbeddedApp, run_embedded, run_gateway};
 pub use config::GatewayConfig;
 pub use error::GatewayError;
 pub use listen::serve;

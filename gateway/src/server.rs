@@ -25,7 +25,7 @@ use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use roomcast_broker::GatewayLink;
-use roomcast_worker::Store;
+use roomcast_store::Store;
 use serde::Deserialize;
 use serde_json::json;
 use std::collections::HashMap;

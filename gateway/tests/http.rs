@@ -29,17 +29,23 @@ async fn readyz_answers_503_when_the_broker_is_closed() {
     let broker = roomcast_broker::EmbeddedBroker::open(&dir.path().join("broker"))
         .await
         .unwrap();
-    let store_url = roomcast_gateway::app::default_store_url(dir.path());
-    let store = roomcast_worker::Store::connect(&store_url).await.unwrap();
+    let store = roomcast_store::Store::connect(&common::store_url(dir.path()))
+        .await
+        .unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = tokio_util::sync::CancellationToken::new();
-    let task = tokio::spawn(roomcast_gateway::run_gateway(
+    let gateway = roomcast_gateway::Gateway::new(
         common::test_config(),
-        broker.clone(),
+        roomcast_broker::GatewayLink::from_broker(broker.clone()),
         store,
+    )
+    .await
+    .unwrap();
+    let task = tokio::spawn(roomcast_gateway::serve(
         listener,
-        shutdown.clone(),
+        gateway,
+        shutdown.clone().cancelled_owned(),
     ));
     let reply = raw_get(addr, "/readyz").await;
     assert!(reply.starts_with("HTTP/1.1 200"), "{reply}");
@@ -168,29 +174,4 @@ async fn shutdown_closes_sessions_with_1001() {
     // No longer accepting.
     let request = format!("ws://{addr}/ws").into_client_request().unwrap();
     assert!(tokio_tungstenite::connect_async(request).await.is_err());
-}
-
-#[tokio::test]
-async fn the_app_stops_with_an_error_when_the_worker_stops() {
-    let dir = tempfile::tempdir().unwrap();
-    let options = roomcast_gateway::AppOptions {
-        worker: roomcast_worker::WorkerConfig {
-            batch_max: 0,
-            ..Default::default()
-        },
-        ..Default::default()
-    };
-    let app =
-        roomcast_gateway::EmbeddedApp::open_with(common::test_config(), dir.path(), None, options)
-            .await
-            .unwrap();
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let shutdown = tokio_util::sync::CancellationToken::new();
-    let result = tokio::time::timeout(common::WAIT, app.serve(listener, shutdown))
-        .await
-        .expect("the app stopped");
-    assert!(
-        matches!(result, Err(roomcast_gateway::AppError::Worker(_))),
-        "{result:?}"
-    );
 }

@@ -389,7 +389,7 @@ impl RawSocket {
 }
 
 #[tokio::test]
-async fn a_client_that_stops_reading_during_replay_is_closed_with_4008() {
+async fn a_client_that_stops_reading_during_replay_is_cut_off() {
     let app = TestApp::start_with(|config| {
         config.write_timeout = Duration::from_secs(1);
         // The close frame waits behind megabytes of unread history: bound that wait.
@@ -406,6 +406,9 @@ async fn a_client_that_stops_reading_during_replay_is_closed_with_4008() {
         let answers = publisher.publish_all(&room, chunk, payload.clone()).await;
         assert!(answers.iter().all(|a| matches!(a, ServerFrame::Ack { .. })));
     }
+    // The publisher, a member of the room, would not read its own fan-out either.
+    drop(publisher);
+    wait_until(|| app.gateway.connection_count() == 0).await;
     let mut stuck = app.connect_small_buffer(&app.token("stuck", &["*"])).await;
     stuck
         .send(&ClientFrame::Join {
@@ -413,22 +416,27 @@ async fn a_client_that_stops_reading_during_replay_is_closed_with_4008() {
             since: Some(0),
         })
         .await;
-    // The client reads nothing until the gateway has given up on it (the gateway exposes
-    // no event for that: watch its counter).
+    // The client reads nothing. The gateway gives up on it after the write deadline, tries
+    // the close frame for `close_timeout` and then drops the connection: its slot is freed.
+    // (Whether the client then sees 4008 or a reset depends on what its kernel still holds;
+    // the core's tests check the close frame itself.)
+    wait_until(|| app.gateway.slow_consumers_closed() == 1 && app.gateway.connection_count() == 0)
+        .await;
+    // Others are unaffected.
+    let mut other = app.client("other").await;
+    other.join(&room).await;
+    other.publish_acked("after", &room, json!("x")).await;
+    drop(stuck);
+}
+
+/// Waits (up to [`WAIT`]) until `done` holds; the gateway exposes no event for what these
+/// tests watch, only counters.
+async fn wait_until(done: impl Fn() -> bool) {
     tokio::time::timeout(WAIT, async {
-        while app.gateway.slow_consumers_closed() == 0 {
+        while !done() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
     })
     .await
-    .expect("the write deadline closes the connection");
-    // The connection ends: with the 4008 close frame if it got through the full socket within
-    // `close_timeout`, else by the gateway dropping it.
-    if let Some(close) = stuck.expect_close().await {
-        assert_eq!(
-            close.code,
-            CloseCode::Library(roomcast_gateway::CLOSE_SLOW_CONSUMER)
-        );
-    }
-    assert!(app.gateway.slow_consumers_closed() >= 1);
+    .expect("the gateway's counters reach the expected state");
 }

@@ -1,15 +1,14 @@
-//! The Roomcast worker and the message store.
+//! The Roomcast worker.
 //!
 //! # Layout
-//! - [`store`]: the message store (SQLite by default, PostgreSQL by URL): per-room sequence
-//!   numbers, deduplication by `(from, id)`, history reads for gateways.
 //! - [`handler`]: what happens to each event kind; by default every event is stored and
 //!   fanned out to its room.
 //! - [`worker`]: the consume → store → fan-out → ack loop, with retries and dead letters.
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
-//! use roomcast_worker::{Store, Worker, WorkerConfig};
+//! use roomcast_store::Store;
+//! use roomcast_worker::{Worker, WorkerConfig};
 //! use tokio_util::sync::CancellationToken;
 //!
 //! let broker = roomcast_broker::EmbeddedBroker::open("data/broker".as_ref()).await?;
@@ -22,9 +21,7 @@
 
 pub mod handler;
 pub mod replay;
-pub mod store;
 pub mod worker;
 
 pub use handler::{Disposition, EventHandler, HandlerError, Handlers};
-pub use store::{Appended, Store, StoreError};
 pub use worker::{Worker, WorkerConfig, WorkerCounters, WorkerError};

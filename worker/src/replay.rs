@@ -25,13 +25,13 @@
 //!   nothing.
 
 use crate::handler::{Disposition, HandlerError, Handlers};
-use crate::store::{Appended, Store, StoreError};
 use crate::worker::WorkerConfig;
-use crate::worker::{decode_event as decode, now_ms};
+use crate::worker::decode_event as decode;
 use bytes::Bytes;
 use roomcast_broker::{Broker, BrokerError};
 use roomcast_broker::{ReplayRecord, open_history};
-use roomcast_schemas::{DeadLetter, ENVELOPE_VERSION, InboundEvent};
+use roomcast_schemas::{DeadLetter, ENVELOPE_VERSION, InboundEvent, now_ms};
+use roomcast_store::{Appended, Store, StoreError};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use thiserror::Error;
@@ -350,7 +350,7 @@ impl Run<'_> {
 #[cfg(test)]
 mod tests {
     use super::{ReplayError, ReplayOptions, decode, replay};
-    use crate::Store;
+    use roomcast_store::Store;
     use tokio_util::sync::CancellationToken;
 
     #[test]

@@ -13,12 +13,13 @@ use common::{PgDatabase, event, random_name};
 use roomcast_broker::Broker;
 use roomcast_broker::kafka::replay::{KafkaReplay, ReplayStart};
 use roomcast_broker::testkit::{kafka_test_url, with_settings};
-use roomcast_schemas::InboundEvent;
+use roomcast_schemas::{InboundEvent, now_ms};
+use roomcast_store::Store;
 use roomcast_worker::replay::{ReplayOptions, ReplayReport, replay};
-use roomcast_worker::{Store, Worker, WorkerConfig};
+use roomcast_worker::{Worker, WorkerConfig};
 use sqlx::{Connection, PgConnection};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// How long a test waits for something that must happen (a consumer group join on a fresh
@@ -63,13 +64,6 @@ async fn environment() -> Option<String> {
         &url,
         &format!("prefix={prefix}&partitions=3"),
     ))
-}
-
-fn now_ms() -> u64 {
-    let elapsed = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .expect("clock after 1970");
-    u64::try_from(elapsed.as_millis()).expect("milliseconds fit")
 }
 
 async fn publish(broker: &Arc<dyn Broker>, key: &str, payload: Vec<u8>) {
@@ -410,56 +404,4 @@ async fn a_replay_starts_at_offsets_and_ends_at_the_captured_end() {
         .expect_err("no such topic");
     assert!(error.to_string().contains("does not exist"), "{error}");
     broker.close().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_binary_replays_from_a_timestamp_and_prints_the_counts() {
-    let Some(url) = environment().await else {
-        return;
-    };
-    let broker = roomcast_broker::kafka::connect(&url)
-        .await
-        .expect("connect to Kafka");
-    let rooms: Vec<String> = (0..2).map(|i| random_name(&format!("room{i}"))).collect();
-    publish_events(&broker, &rooms, "early", 3).await;
-    let split = now_ms() + 1;
-    while now_ms() <= split {
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    publish_events(&broker, &rooms, "late", 2).await;
-    broker.close().await;
-
-    let db = PgDatabase::create().await;
-    let run = |from: String| {
-        let (url, store) = (url.clone(), db.url.clone());
-        tokio::task::spawn_blocking(move || {
-            std::process::Command::new(env!("CARGO_BIN_EXE_roomcast-worker"))
-                .args(["replay", "--broker-url", &url, "--store-url", &store])
-                .args(["--from", &from])
-                .env("RUST_LOG", "warn")
-                .output()
-                .expect("run roomcast-worker replay")
-        })
-    };
-    let output = within("the replay command", run(format!("timestamp:{split}")))
-        .await
-        .expect("join");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        output.status.success(),
-        "stdout: {stdout}\nstderr: {}",
-        String::from_utf8_lossy(&output.stderr)
-    );
-    assert!(
-        stdout.contains("read 4 stored 4 duplicates 0 skipped 0"),
-        "stdout: {stdout}"
-    );
-    let output = within("the replay command", run("beginning".to_owned()))
-        .await
-        .expect("join");
-    let stdout = String::from_utf8_lossy(&output.stdout);
-    assert!(
-        stdout.contains("read 10 stored 6 duplicates 4 skipped 0"),
-        "stdout: {stdout}"
-    );
 }

@@ -131,7 +131,7 @@ impl std::error::Error for RateLimited {}
 
 /// The gateway's shared limiters (per user, per IP).
 pub struct Limits {
-    shared: Shared<DefaultClock>,
+    shared: GatewayLimiters<DefaultClock>,
 }
 
 /// One connection's limiter, also charging the user's shared limit.
@@ -161,7 +161,7 @@ impl Limits {
     /// Builds the shared limiters.
     pub fn new(config: &LimitsConfig) -> Self {
         Self {
-            shared: Shared::new(config, DefaultClock::default()),
+            shared: GatewayLimiters::new(config, DefaultClock::default()),
         }
     }
 
@@ -227,7 +227,7 @@ type KeyedLimiter<K, C> =
     RateLimiter<K, DashMapStateStore<K>, C, NoOpMiddleware<<C as Clock>::Instant>>;
 
 /// The shared limiters, generic over the clock (tests use a fake clock).
-struct Shared<C: Clock> {
+struct GatewayLimiters<C: Clock> {
     config: LimitsConfig,
     connection_quota: Quota,
     join_quota: Quota,
@@ -237,7 +237,7 @@ struct Shared<C: Clock> {
     clock: C,
 }
 
-impl<C: Clock + Clone> Shared<C> {
+impl<C: Clock + Clone> GatewayLimiters<C> {
     fn new(config: &LimitsConfig, clock: C) -> Self {
         Self {
             config: config.clone(),
@@ -294,7 +294,7 @@ impl<C: Clock> ConnectionCore<C> {
         Ok(())
     }
 
-    fn check_publish(&self, shared: &Shared<C>, user: &str) -> Result<(), RateLimited> {
+    fn check_publish(&self, shared: &GatewayLimiters<C>, user: &str) -> Result<(), RateLimited> {
         self.limiter
             .check()
             .map_err(|not_until| limited(&not_until, self.limiter.clock()))?;

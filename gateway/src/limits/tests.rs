@@ -18,9 +18,9 @@ fn config(conn: (u32, u32), user: (u32, u32), ip: (u32, u32)) -> LimitsConfig {
     }
 }
 
-fn fake(config: &LimitsConfig) -> (Shared<FakeRelativeClock>, FakeRelativeClock) {
+fn fake(config: &LimitsConfig) -> (GatewayLimiters<FakeRelativeClock>, FakeRelativeClock) {
     let clock = FakeRelativeClock::default();
-    (Shared::new(config, clock.clone()), clock)
+    (GatewayLimiters::new(config, clock.clone()), clock)
 }
 
 fn ip(last: u8) -> IpAddr {

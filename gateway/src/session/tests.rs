@@ -9,7 +9,7 @@ use crate::outbound::RoomMessage;
 use crate::server::Gateway;
 use roomcast_broker::{Broker, EmbeddedBroker, EventConsumer, GatewayLink};
 use roomcast_schemas::{FanoutMessage, InboundEvent, now_ms};
-use roomcast_worker::Store;
+use roomcast_store::Store;
 use serde_json::Value;
 use serde_json::value::RawValue;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};

@@ -1,14 +1,16 @@
-//! Test harness: the all-in-one app in-process on 127.0.0.1:0 with a tempdir data directory, a
-//! known HS256 secret, token minting, and a WebSocket client wrapper.
+//! Test harness: a gateway and a worker in-process on an embedded broker and a SQLite store
+//! in a tempdir, listening on 127.0.0.1:0, with a known HS256 secret, token minting, and a
+//! WebSocket client wrapper.
 #![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
-use roomcast_broker::EmbeddedOptions;
+use roomcast_broker::{EmbeddedBroker, EmbeddedOptions, GatewayLink};
 use roomcast_gateway::auth::{AuthConfig, Minter};
 use roomcast_gateway::config::GatewayConfig;
-use roomcast_gateway::{AppError, AppOptions, EmbeddedApp, Gateway};
+use roomcast_gateway::{Gateway, GatewayError, serve};
 use roomcast_schemas::{ClientFrame, ErrorCode, EventId, EventName, RoomName, ServerFrame};
-use roomcast_worker::Store;
+use roomcast_store::Store;
+use roomcast_worker::{Worker, WorkerConfig};
 use serde_json::{Value, json};
 use std::collections::VecDeque;
 use std::net::SocketAddr;
@@ -58,6 +60,11 @@ pub(crate) fn test_config() -> GatewayConfig {
     config
 }
 
+/// The store URL of a test app: `sqlite://<dir>/store.db`.
+pub(crate) fn store_url(dir: &std::path::Path) -> String {
+    format!("sqlite://{}", dir.join("store.db").display())
+}
+
 /// A running app.
 pub(crate) struct TestApp {
     pub(crate) addr: SocketAddr,
@@ -66,7 +73,7 @@ pub(crate) struct TestApp {
     pub(crate) gateway: Gateway,
     minter: Minter,
     shutdown: CancellationToken,
-    task: Option<JoinHandle<Result<(), AppError>>>,
+    task: Option<JoinHandle<Result<(), GatewayError>>>,
 }
 
 impl TestApp {
@@ -90,21 +97,33 @@ impl TestApp {
         let dir = tempfile::tempdir().unwrap();
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
-        let app = EmbeddedApp::open_with(
+        let broker = EmbeddedBroker::open_with(&dir.path().join("broker"), options)
+            .await
+            .unwrap();
+        let store = Store::connect(&store_url(dir.path())).await.unwrap();
+        let gateway = Gateway::new(
             config,
-            dir.path(),
-            None,
-            AppOptions {
-                broker: options,
-                ..AppOptions::default()
-            },
+            GatewayLink::from_broker(broker.clone()),
+            store.clone(),
         )
         .await
         .unwrap();
-        let store = app.store().clone();
-        let gateway = app.gateway().clone();
         let shutdown = CancellationToken::new();
-        let task = tokio::spawn(app.serve(listener, shutdown.clone()));
+        let worker = Worker::new(broker.clone(), store.clone(), WorkerConfig::default());
+        let worker = tokio::spawn(worker.run(shutdown.child_token()));
+        let task = {
+            let (gateway, store, shutdown) = (gateway.clone(), store.clone(), shutdown.clone());
+            tokio::spawn(async move {
+                let served = serve(listener, gateway, shutdown.cancelled_owned()).await;
+                worker
+                    .await
+                    .expect("the worker task")
+                    .expect("the worker stops cleanly");
+                broker.close().await;
+                store.close().await;
+                served
+            })
+        };
         TestApp {
             addr,
             dir,
@@ -200,7 +219,7 @@ impl TestApp {
     }
 
     /// Cancels the app's shutdown token and waits for it to stop.
-    pub(crate) async fn stop(mut self) -> Result<(), AppError> {
+    pub(crate) async fn stop(mut self) -> Result<(), GatewayError> {
         self.shutdown.cancel();
         let task = self.task.take().unwrap();
         tokio::time::timeout(Duration::from_secs(30), task)

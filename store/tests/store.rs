@@ -5,7 +5,7 @@ mod common;
 
 use common::{PgDatabase, event, random_name};
 use roomcast_schemas::InboundEvent;
-use roomcast_worker::{Appended, Store, StoreError};
+use roomcast_store::{Appended, Store, StoreError};
 use std::collections::HashMap;
 
 /// Where a scenario's store lives; the guard removes it afterwards.

@@ -2,8 +2,8 @@
 //! process) and a gateway-only process on an external broker.
 //!
 //! ```no_run
-//! # async fn example(config: roomcast_gateway::config::GatewayConfig) -> Result<(), roomcast_gateway::app::AppError> {
-//! use roomcast_gateway::app::{AppError, run_embedded};
+//! # async fn example(config: roomcast_gateway::config::GatewayConfig) -> Result<(), roomcast::embedded::AppError> {
+//! use roomcast::embedded::{AppError, run_embedded};
 //! use tokio_util::sync::CancellationToken;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await.map_err(AppError::Bind)?;
 //! let shutdown = CancellationToken::new(); // cancel on SIGINT/SIGTERM
@@ -11,11 +11,10 @@
 //! # }
 //! ```
 
-use crate::config::GatewayConfig;
-use crate::error::GatewayError;
-use crate::server::{Gateway, serve};
 use roomcast_broker::{Broker, BrokerError, EmbeddedBroker, EmbeddedOptions, GatewayLink};
-use roomcast_worker::{Store, StoreError, Worker, WorkerConfig, WorkerError};
+use roomcast_gateway::{Gateway, GatewayConfig, GatewayError, serve};
+use roomcast_store::{Store, StoreError};
+use roomcast_worker::{Worker, WorkerConfig, WorkerError};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use thiserror::Error;

@@ -6,7 +6,8 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use roomcast_gateway::cli::{GatewayArgs, init_tracing, stop_on_signals};
+use roomcast::cli::gateway::GatewayArgs;
+use roomcast::signal::cancel_on_signals;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -40,18 +41,18 @@ fn main() -> Result<()> {
     let listen = cli
         .gateway
         .listen_or(SocketAddr::from(([0, 0, 0, 0], 3000)));
-    init_tracing();
+    roomcast::logging::init();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         tracing::info!(broker = %roomcast_broker::redact_url(&cli.broker_url), "starting roomcast-gateway");
         let broker = roomcast_broker::connect(&cli.broker_url).await.context("connecting to the broker")?;
-        let store = roomcast_worker::Store::connect(&cli.store_url).await.context("opening the store")?;
+        let store = roomcast_store::Store::connect(&cli.store_url).await.context("opening the store")?;
         let listener = TcpListener::bind(listen).await.with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         println!("listening on http://{addr}");
         let shutdown = CancellationToken::new();
-        stop_on_signals(shutdown.clone());
-        roomcast_gateway::run_gateway(config, broker, store, listener, shutdown).await.context("serving")?;
+        cancel_on_signals(shutdown.clone());
+        roomcast::run_gateway(config, broker, store, listener, shutdown).await.context("serving")?;
         Ok(())
     })
 }

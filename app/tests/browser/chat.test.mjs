@@ -1,7 +1,7 @@
 // The chat page (GET /) in Chromium: two people chat, HTML stays text, and a server restart
 // loses and duplicates nothing.
 //
-// Run through gateway/tests/browser.rs (cargo nextest), which starts `roomcast dev` and sets:
+// Run through app/tests/browser.rs (cargo nextest), which starts `roomcast dev` and sets:
 //   ROOMCAST_URL          the server's base URL, e.g. http://127.0.0.1:41234
 //   ROOMCAST_CONTROL_URL  POST /stop stops the server (SIGTERM), POST /start starts it again
 //                         on the same port and data directory
@@ -136,7 +136,7 @@ async function screenshot(pages, stage) {
 
 test('chat page: two people chat, HTML is text, a restart loses and duplicates nothing', async (t) => {
   assert.ok(BASE, 'ROOMCAST_URL is not set: run this through `cargo nextest run -p roomcast-gateway --test browser`');
-  assert.ok(CONTROL, 'ROOMCAST_CONTROL_URL is not set: run this through gateway/tests/browser.rs');
+  assert.ok(CONTROL, 'ROOMCAST_CONTROL_URL is not set: run this through app/tests/browser.rs');
 
   // Playwright's launch() already uses a fresh temporary profile; keep downloads and the
   // like in a directory of our own too.

@@ -182,16 +182,17 @@ impl Server {
     }
 }
 
-type Shared = Arc<Mutex<Server>>;
+/// The roomcast process the control endpoints stop and start.
+type ControlledServer = Arc<Mutex<Server>>;
 
-async fn control_stop(State(server): State<Shared>) -> (StatusCode, String) {
+async fn control_stop(State(server): State<ControlledServer>) -> (StatusCode, String) {
     match server.lock().await.stop().await {
         Ok(()) => (StatusCode::OK, "stopped".into()),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e),
     }
 }
 
-async fn control_start(State(server): State<Shared>) -> (StatusCode, String) {
+async fn control_start(State(server): State<ControlledServer>) -> (StatusCode, String) {
     match server.lock().await.start().await {
         Ok(url) => (StatusCode::OK, url),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, e),

@@ -8,8 +8,9 @@
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use roomcast_gateway::cli::{DataArgs, GatewayArgs, TokenArgs, dev_secret};
-use roomcast_gateway::{EmbeddedApp, GatewayConfig};
+use roomcast::EmbeddedApp;
+use roomcast::cli::gateway::{DataArgs, GatewayArgs, TokenArgs, dev_secret};
+use roomcast_gateway::GatewayConfig;
 use std::io::Write;
 use std::net::SocketAddr;
 use tokio::net::TcpListener;
@@ -68,7 +69,7 @@ fn main() -> Result<()> {
 }
 
 fn run(config: GatewayConfig, listen: SocketAddr, data: DataArgs, dev: bool) -> Result<()> {
-    roomcast_gateway::cli::init_tracing();
+    roomcast::logging::init();
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         tracing::info!(?config, data_dir = %data.data_dir.display(), "starting roomcast");
@@ -81,7 +82,7 @@ fn run(config: GatewayConfig, listen: SocketAddr, data: DataArgs, dev: bool) -> 
         let addr = listener.local_addr().context("reading the bound address")?;
         announce(addr, dev);
         let shutdown = CancellationToken::new();
-        roomcast_gateway::cli::stop_on_signals(shutdown.clone());
+        roomcast::signal::cancel_on_signals(shutdown.clone());
         app.serve(listener, shutdown).await.context("serving")?;
         Ok(())
     })

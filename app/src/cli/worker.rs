@@ -1,4 +1,4 @@
-//! `roomcast-worker`: a standalone worker for a networked broker.
+//! The command line of `roomcast-worker`, a standalone worker for a networked broker.
 //!
 //! ```text
 //! roomcast-worker --broker-url amqp://… --store-url postgres://…
@@ -13,17 +13,17 @@
 //! it cannot be shared with a separate worker process: with an `embedded:` URL this binary
 //! exits with an error.
 
+use crate::signal::cancel_on_signals;
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser, Subcommand};
 use roomcast_broker::redact_url;
+use roomcast_store::Store;
 use roomcast_worker::replay::{ReplayOptions, ReplayStart};
-use roomcast_worker::{Store, Worker, WorkerConfig};
-use std::io::IsTerminal;
+use roomcast_worker::{Worker, WorkerConfig};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
-use tracing_subscriber::EnvFilter;
 
-/// Consumes Roomcast's inbound stream: stores events with per-room sequence numbers,
+/// `roomcast-worker`: consumes Roomcast's inbound stream: stores events with per-room sequence numbers,
 /// publishes fan-out messages, dead-letters poison events.
 #[derive(Debug, Parser)]
 #[command(
@@ -33,7 +33,7 @@ use tracing_subscriber::EnvFilter;
     args_conflicts_with_subcommands = true,
     subcommand_negates_reqs = true
 )]
-struct Cli {
+pub struct WorkerCli {
     #[command(subcommand)]
     command: Option<Command>,
     #[command(flatten)]
@@ -117,27 +117,22 @@ fn parse_start(text: &str) -> Result<ReplayStart, String> {
     text.parse().map_err(|error| format!("{error}"))
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
-        )
-        .with_ansi(std::io::stdout().is_terminal())
-        .init();
-    let cli = Cli::parse();
-    match cli.command {
-        None => match cli.run {
-            Some(args) => run(args).await,
-            None => Cli::command()
-                .error(
-                    clap::error::ErrorKind::MissingRequiredArgument,
-                    "--broker-url and --store-url are required",
-                )
-                .exit(),
-        },
-        Some(Command::Run(args)) => run(args).await,
-        Some(Command::Replay(args)) => replay(args).await,
+impl WorkerCli {
+    /// Runs the command line's command: the worker (until SIGINT or SIGTERM) or a replay.
+    pub async fn run(self) -> anyhow::Result<()> {
+        match self.command {
+            None => match self.run {
+                Some(args) => run(args).await,
+                None => WorkerCli::command()
+                    .error(
+                        clap::error::ErrorKind::MissingRequiredArgument,
+                        "--broker-url and --store-url are required",
+                    )
+                    .exit(),
+            },
+            Some(Command::Run(args)) => run(args).await,
+            Some(Command::Replay(args)) => replay(args).await,
+        }
     }
 }
 
@@ -175,7 +170,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .with_context(|| format!("cannot open the store at {store_url}"))?;
 
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    cancel_on_signals(shutdown.clone());
     let result = Worker::new(broker.clone(), store.clone(), config)
         .run(shutdown)
         .await;
@@ -201,7 +196,7 @@ async fn replay(args: ReplayArgs) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot open the store at {store_url}"))?;
     let shutdown = CancellationToken::new();
-    tokio::spawn(cancel_on_signal(shutdown.clone()));
+    cancel_on_signals(shutdown.clone());
     let result =
         roomcast_worker::replay::replay(&args.broker_url, &store, &options, &shutdown).await;
     store.close().await;
@@ -231,29 +226,4 @@ fn redacted(url: &str) -> String {
         Some((base, _)) => format!("{base}?…"),
         None => url,
     }
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-async fn cancel_on_signal(shutdown: CancellationToken) {
-    let interrupt = tokio::signal::ctrl_c();
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut terminate) => {
-                tokio::select! {
-                    _ = interrupt => {}
-                    _ = terminate.recv() => {}
-                }
-            }
-            Err(error) => {
-                tracing::warn!(%error, "cannot listen for SIGTERM; only SIGINT stops the worker");
-                let _ = interrupt.await;
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = interrupt.await;
-    tracing::info!("shutdown requested; finishing the current batch");
-    shutdown.cancel();
 }

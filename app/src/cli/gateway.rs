@@ -4,13 +4,13 @@
 //! Every option can also come from an environment variable (`ROOMCAST_…`, shown by `--help`);
 //! a flag wins over the variable. Secret values are never printed, not even by `--help`.
 
-use crate::auth::{AuthConfig, JwtAlgorithm, Minter, random_secret};
-use crate::config::{
+use clap::Args;
+use roomcast_gateway::auth::{AuthConfig, JwtAlgorithm, Minter, random_secret};
+use roomcast_gateway::config::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_USER, DEFAULT_MAX_FRAME_BYTES,
     DEFAULT_MAX_ROOMS_PER_CONNECTION, DEFAULT_OUTBOUND_QUEUE, DEFAULT_REPLAY_BYTES, GatewayConfig,
 };
-use crate::limits::LimitsConfig;
-use clap::Args;
+use roomcast_gateway::limits::LimitsConfig;
 use std::net::SocketAddr;
 use std::num::NonZeroU32;
 use std::path::PathBuf;
@@ -319,45 +319,6 @@ pub fn dev_secret() -> String {
     random_secret()
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `info`).
-pub fn init_tracing() {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        // Colours only on a terminal: logs redirected to a file stay plain text.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
-}
-
-/// Cancels `shutdown` on SIGINT or SIGTERM.
-pub fn stop_on_signals(shutdown: tokio_util::sync::CancellationToken) {
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            use tokio::signal::unix::{SignalKind, signal};
-            match signal(SignalKind::terminate()) {
-                Ok(mut term) => {
-                    tokio::select! {
-                        _ = ctrl_c => {}
-                        _ = term.recv() => {}
-                    }
-                }
-                Err(err) => {
-                    tracing::warn!(%err, "cannot listen for SIGTERM; SIGINT still stops");
-                    let _ = ctrl_c.await;
-                }
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutdown requested");
-        shutdown.cancel();
-    });
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -430,7 +391,8 @@ mod tests {
         };
         let token = args.mint().expect("mints");
         let verifier =
-            crate::auth::Verifier::new(&AuthConfig::hs256(secret.as_bytes().to_vec())).expect("ok");
+            roomcast_gateway::auth::Verifier::new(&AuthConfig::hs256(secret.as_bytes().to_vec()))
+                .expect("ok");
         let claims = verifier.verify(&token).expect("verifies");
         assert_eq!(claims.sub, "alice");
         assert!(claims.may_access("team-red"));

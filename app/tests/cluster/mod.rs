@@ -22,7 +22,7 @@ use nix::unistd::Pid;
 use roomcast_broker::testkit::first_host;
 use roomcast_gateway::auth::Minter;
 use roomcast_schemas::{ClientFrame, ErrorCode, EventId, EventName, RoomName, ServerFrame};
-use roomcast_worker::Store;
+use roomcast_store::Store;
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -82,7 +82,7 @@ pub(crate) async fn reachable(what: &str, address: &str) -> bool {
 fn workspace_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .parent()
-        .expect("the gateway crate sits in the workspace")
+        .expect("the app crate sits in the workspace")
         .to_owned()
 }
 
@@ -103,13 +103,20 @@ fn bin_dir() -> PathBuf {
                 let mut build = Command::new(cargo);
                 build
                     .current_dir(workspace_root())
-                    .args(["build", "-p", "roomcast-worker", "--target-dir"])
+                    .args([
+                        "build",
+                        "-p",
+                        "roomcast",
+                        "--bin",
+                        "roomcast-worker",
+                        "--target-dir",
+                    ])
                     .arg(target_dir);
                 if profile_dir != "debug" {
                     build.args(["--profile", profile_dir]);
                 }
-                let status = build.status().expect("run cargo build -p roomcast-worker");
-                assert!(status.success(), "cargo build -p roomcast-worker failed");
+                let status = build.status().expect("run cargo build -p roomcast --bin roomcast-worker");
+                assert!(status.success(), "cargo build -p roomcast --bin roomcast-worker failed");
                 assert!(
                     worker.exists(),
                     "{} is missing after the build",
