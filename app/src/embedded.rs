@@ -11,7 +11,9 @@
 //! # }
 //! ```
 
-use roomcast_broker::{Broker, BrokerError, EmbeddedBroker, EmbeddedOptions, GatewayLink};
+use roomcast_broker::{
+    Broker, BrokerError, EmbeddedBroker, EmbeddedOptions, GatewayLink, WorkerLink,
+};
 use roomcast_gateway::{Gateway, GatewayConfig, GatewayError, serve};
 use roomcast_store::{Store, StoreError};
 use roomcast_worker::{Worker, WorkerConfig, WorkerError};
@@ -135,7 +137,11 @@ impl EmbeddedApp {
         };
         let worker_stop = CancellationToken::new();
         let worker_ended = CancellationToken::new();
-        let worker = Worker::new(dyn_broker, store.clone(), options.worker);
+        let worker = Worker::new(
+            WorkerLink::from_broker(dyn_broker),
+            store.clone(),
+            options.worker,
+        );
         let worker = {
             let stop = worker_stop.clone();
             let ended = worker_ended.clone();

@@ -7,6 +7,7 @@
 //!
 //! ```no_run
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! use roomcast_broker::WorkerLink;
 //! use roomcast_store::Store;
 //! use roomcast_worker::{Worker, WorkerConfig};
 //! use tokio_util::sync::CancellationToken;
@@ -14,7 +15,8 @@
 //! let broker = roomcast_broker::EmbeddedBroker::open("data/broker".as_ref()).await?;
 //! let store = Store::connect("sqlite://data/store.db").await?;
 //! let shutdown = CancellationToken::new();
-//! Worker::new(broker, store, WorkerConfig::default()).run(shutdown).await?;
+//! let link = WorkerLink::from_broker(broker);
+//! Worker::new(link, store, WorkerConfig::default()).run(shutdown).await?;
 //! # Ok(())
 //! # }
 //! ```

@@ -10,9 +10,9 @@ mod common;
 
 use bytes::Bytes;
 use common::{PgDatabase, event, random_name};
-use roomcast_broker::Broker;
 use roomcast_broker::kafka::replay::{KafkaReplay, ReplayStart};
 use roomcast_broker::testkit::{kafka_test_url, with_settings};
+use roomcast_broker::{Broker, WorkerLink};
 use roomcast_schemas::{InboundEvent, now_ms};
 use roomcast_store::Store;
 use roomcast_worker::replay::{ReplayOptions, ReplayReport, replay};
@@ -138,7 +138,7 @@ async fn run_worker(
     (stored, duplicates, dead_lettered): (u64, u64, u64),
 ) {
     let worker = Worker::new(
-        broker.clone(),
+        WorkerLink::from_broker(broker.clone()),
         store.clone(),
         WorkerConfig {
             group: group.to_owned(),

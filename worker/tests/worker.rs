@@ -6,7 +6,9 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use common::{PgDatabase, event, random_name};
 use roomcast_broker::testkit::{next_message, within};
-use roomcast_broker::{EmbeddedBroker, EventPublisher, FanoutSource, FanoutSubscription};
+use roomcast_broker::{
+    EmbeddedBroker, EventPublisher, FanoutSource, FanoutSubscription, WorkerLink,
+};
 use roomcast_schemas::{DeadLetter, FanoutMessage, InboundEvent, decode_fanout};
 use roomcast_store::Store;
 use roomcast_worker::handler::{Disposition, EventHandler, HandlerError, Handlers};
@@ -48,8 +50,13 @@ impl Setup {
         }
     }
 
+    /// The worker's parts of the broker.
+    fn link(&self) -> WorkerLink {
+        WorkerLink::from_broker(self.broker.clone())
+    }
+
     fn worker(&self, config: WorkerConfig) -> Worker {
-        Worker::new(self.broker.clone(), self.store.clone(), config)
+        Worker::new(self.link(), self.store.clone(), config)
     }
 
     async fn publish(&self, event: &InboundEvent) {
@@ -707,7 +714,7 @@ async fn a_store_outage_holds_events_without_dead_lettering_them() {
     let room = random_name("room");
     let down = Store::connect(&setup.store_url).await.expect("connect");
     down.close().await;
-    let worker = Worker::new(setup.broker.clone(), down, quick_retries(2));
+    let worker = Worker::new(setup.link(), down, quick_retries(2));
     let mut running = Running::spawn(worker);
     setup.publish(&event(&room, "erin", "e1", "{}")).await;
 

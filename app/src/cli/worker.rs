@@ -16,7 +16,7 @@
 use crate::signal::cancel_on_signals;
 use anyhow::{Context, bail};
 use clap::{CommandFactory, Parser, Subcommand};
-use roomcast_broker::redact_url;
+use roomcast_broker::{WorkerLink, redact_url};
 use roomcast_store::Store;
 use roomcast_worker::replay::{ReplayOptions, ReplayStart};
 use roomcast_worker::{Worker, WorkerConfig};
@@ -171,9 +171,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
 
     let shutdown = CancellationToken::new();
     cancel_on_signals(shutdown.clone());
-    let result = Worker::new(broker.clone(), store.clone(), config)
-        .run(shutdown)
-        .await;
+    let result = Worker::new(
+        WorkerLink::from_broker(broker.clone()),
+        store.clone(),
+        config,
+    )
+    .run(shutdown)
+    .await;
     broker.close().await;
     store.close().await;
     result.context("the worker failed")

@@ -115,8 +115,13 @@ fn bin_dir() -> PathBuf {
                 if profile_dir != "debug" {
                     build.args(["--profile", profile_dir]);
                 }
-                let status = build.status().expect("run cargo build -p roomcast --bin roomcast-worker");
-                assert!(status.success(), "cargo build -p roomcast --bin roomcast-worker failed");
+                let status = build
+                    .status()
+                    .expect("run cargo build -p roomcast --bin roomcast-worker");
+                assert!(
+                    status.success(),
+                    "cargo build -p roomcast --bin roomcast-worker failed"
+                );
                 assert!(
                     worker.exists(),
                     "{} is missing after the build",

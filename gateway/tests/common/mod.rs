@@ -4,7 +4,7 @@
 #![allow(dead_code)]
 
 use futures_util::{SinkExt, StreamExt};
-use roomcast_broker::{EmbeddedBroker, EmbeddedOptions, GatewayLink};
+use roomcast_broker::{EmbeddedBroker, EmbeddedOptions, GatewayLink, WorkerLink};
 use roomcast_gateway::auth::{AuthConfig, Minter};
 use roomcast_gateway::config::GatewayConfig;
 use roomcast_gateway::{Gateway, GatewayError, serve};
@@ -109,7 +109,11 @@ impl TestApp {
         .await
         .unwrap();
         let shutdown = CancellationToken::new();
-        let worker = Worker::new(broker.clone(), store.clone(), WorkerConfig::default());
+        let worker = Worker::new(
+            WorkerLink::from_broker(broker.clone()),
+            store.clone(),
+            WorkerConfig::default(),
+        );
         let worker = tokio::spawn(worker.run(shutdown.child_token()));
         let task = {
             let (gateway, store, shutdown) = (gateway.clone(), store.clone(), shutdown.clone());

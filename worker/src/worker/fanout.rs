@@ -63,6 +63,7 @@ impl Worker {
             let result = match encoded {
                 Ok(payload) => {
                     self.broker
+                        .fanout
                         .start_publish_fanout(&room, Bytes::from(payload))
                         .await
                 }
@@ -106,7 +107,7 @@ impl Worker {
                 Ok(()) => item.state = State::Done,
                 Err(error) if is_fatal(&error) => return Err(Failure::Fatal(error)),
                 Err(error) => {
-                    if self.broker.health().await.is_err() {
+                    if self.broker.health.check().await.is_err() {
                         return Err(Failure::Outage(format!("fan-out publish failed: {error}")));
                     }
                     let reason =

@@ -56,9 +56,8 @@ pub(crate) use decode::decode_event;
 use crate::handler::Handlers;
 use batch::Batch;
 use retry::{RetryQueue, sleep_unless_cancelled};
-use roomcast_broker::{Broker, BrokerError, Delivery, EventStream};
+use roomcast_broker::{BrokerError, Delivery, EventStream, WorkerLink};
 use roomcast_store::Store;
-use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::sync::watch;
@@ -108,7 +107,8 @@ impl WorkerCounters {
 
 /// Consumes the inbound stream: stores events, publishes fan-out, dead-letters poison events.
 pub struct Worker {
-    broker: Arc<dyn Broker>,
+    /// The worker's parts of the broker: consumer, fan-out publisher, dead letters, health.
+    broker: WorkerLink,
     store: Store,
     config: WorkerConfig,
     handlers: Handlers,
@@ -118,7 +118,7 @@ pub struct Worker {
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Worker")
-            .field("broker", &self.broker.name())
+            .field("broker", &self.broker.health.backend())
             .field("store", &self.store)
             .field("config", &self.config)
             .field("handlers", &self.handlers)
@@ -128,7 +128,7 @@ impl std::fmt::Debug for Worker {
 
 impl Worker {
     /// A worker with the default handlers (every event stored and fanned out).
-    pub fn new(broker: Arc<dyn Broker>, store: Store, config: WorkerConfig) -> Self {
+    pub fn new(broker: WorkerLink, store: Store, config: WorkerConfig) -> Self {
         Worker {
             broker,
             store,
@@ -158,7 +158,7 @@ impl Worker {
         self.config.validate()?;
         tracing::info!(
             group = %self.config.group,
-            broker = self.broker.name(),
+            broker = self.broker.health.backend(),
             store = self.store.dialect(),
             batch_max = self.config.batch_max,
             max_attempts = self.config.max_attempts,
@@ -194,7 +194,7 @@ impl Worker {
                     let joined = tokio::select! {
                         biased;
                         () = shutdown.cancelled() => return Ok(()),
-                        joined = self.broker.consume(&self.config.group) => joined,
+                        joined = self.broker.consumer.consume(&self.config.group) => joined,
                     };
                     match joined {
                         Ok(joined) => stream.insert(joined),

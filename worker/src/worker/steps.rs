@@ -165,6 +165,7 @@ impl Worker {
             })?;
             match self
                 .broker
+                .dead_letters
                 .dead_letter(&delivery.key, Bytes::from(payload))
                 .await
             {
