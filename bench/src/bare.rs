@@ -85,7 +85,7 @@ impl Room {
     }
 }
 
-struct Shared {
+struct BareState {
     config: BareConfig,
     rooms: Mutex<HashMap<String, Arc<Room>>>,
     next_id: AtomicU64,
@@ -97,7 +97,7 @@ pub async fn serve(
     config: BareConfig,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
-    let shared = Arc::new(Shared {
+    let shared = Arc::new(BareState {
         config,
         rooms: Mutex::new(HashMap::new()),
         next_id: AtomicU64::new(1),
@@ -123,7 +123,7 @@ pub async fn serve(
 async fn connection(
     stream: TcpStream,
     _peer: SocketAddr,
-    shared: Arc<Shared>,
+    shared: Arc<BareState>,
     shutdown: CancellationToken,
 ) {
     if !shared.config.nagle {
@@ -214,7 +214,7 @@ async fn connection(
 
 struct Session<'a> {
     id: u64,
-    shared: &'a Shared,
+    shared: &'a BareState,
     queue: mpsc::Sender<Utf8Bytes>,
     slow: CancellationToken,
     joined: HashMap<String, Arc<Room>>,

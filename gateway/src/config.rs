@@ -15,8 +15,9 @@ pub const DEFAULT_MAX_FRAME_BYTES: usize = 64 * 1024;
 pub const DEFAULT_MAX_ROOMS_PER_CONNECTION: usize = 100;
 /// Default capacity of a connection's outbound queue, in frames.
 pub const DEFAULT_OUTBOUND_QUEUE: usize = 1024;
-/// Default WebSocket read buffer per connection, in bytes.
-pub const DEFAULT_WS_READ_BUFFER: usize = 4096;
+/// Default WebSocket read buffer per connection, in bytes: every connection holds it for its
+/// whole life, and it is the most one read takes (a larger frame gets a buffer of its size).
+pub const DEFAULT_WS_READ_BUFFER: usize = 1024;
 /// Default WebSocket write buffer per connection, in bytes.
 pub const DEFAULT_WS_WRITE_BUFFER: usize = 4096;
 /// Default number of stored messages read per history page (join with `since`, gap repair).
@@ -68,7 +69,8 @@ pub struct GatewayConfig {
     /// Capacity of each connection's outbound queue, in frames. A client that lets it fill is
     /// closed with 4008 and resumes with `since`.
     pub outbound_queue: usize,
-    /// WebSocket read buffer per connection, in bytes.
+    /// WebSocket read buffer per connection, in bytes: held for the connection's life, and the
+    /// most one read system call takes.
     pub ws_read_buffer: usize,
     /// WebSocket write buffer per connection, in bytes (frames are written once it fills, and
     /// on every flush).

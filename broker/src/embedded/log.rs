@@ -317,7 +317,8 @@ impl Writer {
             builder.push(")");
             builder.build().persistent(true).execute(&mut *tx).await?;
         }
-        let now = now_ms();
+        // Milliseconds since the Unix epoch, as SQLite stores them.
+        let now = i64::try_from(roomcast_schemas::now_ms()).unwrap_or(i64::MAX);
         for (key, payload) in letters {
             sqlx::query("INSERT INTO dead_letters (key, payload, created_ms) VALUES (?1, ?2, ?3)")
                 .bind(key)
@@ -412,9 +413,4 @@ fn chunks<T>(mut items: &[T]) -> impl Iterator<Item = &[T]> {
         items = rest;
         Some(chunk)
     })
-}
-
-/// Milliseconds since the Unix epoch, as SQLite stores them.
-fn now_ms() -> i64 {
-    i64::try_from(roomcast_schemas::now_ms()).unwrap_or(i64::MAX)
 }
