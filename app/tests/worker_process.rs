@@ -3,35 +3,15 @@
 //! (`ROOMCAST_TEST_POSTGRES_URL`). When either is unreachable the replay test fails with
 //! `CI=true` and is skipped (with a message) otherwise.
 
-use bytes::Bytes;
 use roomcast_broker::Broker;
-use roomcast_broker::testkit::{kafka_test_url, with_settings};
-use roomcast_schemas::{ENVELOPE_VERSION, InboundEvent, now_ms};
-use roomcast_store::testkit::{PgDatabase, postgres_test_url};
-use serde_json::value::RawValue;
-use sqlx::{Connection, PgConnection};
+use roomcast_broker::testkit::{self, kafka_test_url, unique as random_name, with_settings};
+use roomcast_schemas::{InboundEvent, now_ms};
+use roomcast_store::testkit::{PgDatabase, reachable_postgres_url};
 use std::sync::Arc;
 use std::time::Duration;
 
 /// How long a test waits for something that must happen.
 const WAIT: Duration = Duration::from_secs(60);
-
-fn random_name(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// An inbound event with `data` given as JSON text.
-fn event(room: &str, from: &str, id: &str, data: &str) -> InboundEvent {
-    InboundEvent {
-        v: ENVELOPE_VERSION,
-        id: id.to_owned(),
-        room: room.to_owned(),
-        event: "say".to_owned(),
-        from: from.to_owned(),
-        ts: 1_700_000_000_000,
-        data: RawValue::from_string(data.to_owned()).expect("test data is JSON"),
-    }
-}
 
 async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     match tokio::time::timeout(WAIT, fut).await {
@@ -40,41 +20,16 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
-/// Skips the test outside CI (returns `None` after saying why), fails it in CI.
-fn unavailable<T>(problem: &str) -> Option<T> {
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("required in CI: {problem}");
-    }
-    eprintln!("skipping: {problem}");
-    None
-}
-
 /// The Kafka test broker's URL, with a fresh prefix and 3 partitions, and a check that
 /// PostgreSQL answers.
 async fn environment() -> Option<String> {
     let url = kafka_test_url().await?;
-    let postgres = postgres_test_url();
-    match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&postgres)).await {
-        Ok(Ok(conn)) => {
-            let _ = conn.close().await;
-        }
-        _ => {
-            return unavailable(&format!(
-                "PostgreSQL at {postgres} (ROOMCAST_TEST_POSTGRES_URL) is unreachable"
-            ));
-        }
-    }
+    reachable_postgres_url().await?;
     let prefix = random_name("replay").replace('-', ".");
     Some(with_settings(
         &url,
         &format!("prefix={prefix}&partitions=3"),
     ))
-}
-
-async fn publish(broker: &Arc<dyn Broker>, key: &str, payload: Vec<u8>) {
-    within("a publish", broker.publish(key, Bytes::from(payload)))
-        .await
-        .expect("publish");
 }
 
 /// Publishes `count` events to each room, interleaving the rooms; returns them.
@@ -84,18 +39,11 @@ async fn publish_events(
     round: &str,
     count: usize,
 ) -> Vec<InboundEvent> {
-    let mut events = Vec::new();
-    for i in 0..count {
-        for (r, room) in rooms.iter().enumerate() {
-            let from = format!("user{}", (i + r) % 3);
-            let id = format!("{round}-{room}-{i}");
-            let data = format!(r#"{{"n":{i},"round":"{round}","text":"héllo {r}"}}"#);
-            let event = event(room, &from, &id, &data);
-            publish(broker, room, serde_json::to_vec(&event).expect("encode")).await;
-            events.push(event);
-        }
-    }
-    events
+    within(
+        "the publishes",
+        testkit::publish_events(&**broker, rooms, round, count),
+    )
+    .await
 }
 
 #[test]

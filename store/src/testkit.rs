@@ -13,6 +13,24 @@ pub fn postgres_test_url() -> String {
     std::env::var("ROOMCAST_TEST_POSTGRES_URL").unwrap_or_else(|_| DEFAULT_POSTGRES_URL.to_owned())
 }
 
+/// The test server's URL if it accepts a connection within 5 seconds. Otherwise the test fails
+/// with `CI=true` (a test never skips its database silently in CI) and is skipped with a note
+/// outside CI.
+pub async fn reachable_postgres_url() -> Option<String> {
+    let url = postgres_test_url();
+    let connect = PgConnection::connect(&url);
+    if let Ok(Ok(conn)) = tokio::time::timeout(std::time::Duration::from_secs(5), connect).await {
+        let _ = conn.close().await;
+        return Some(url);
+    }
+    let problem = format!("PostgreSQL at {url} (ROOMCAST_TEST_POSTGRES_URL) is unreachable");
+    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
+        panic!("required in CI: {problem}");
+    }
+    eprintln!("skipping: {problem}");
+    None
+}
+
 /// A fresh PostgreSQL database, dropped (with its connections) when this is dropped.
 #[derive(Debug)]
 pub struct PgDatabase {

@@ -9,12 +9,13 @@
 mod common;
 
 use bytes::Bytes;
-use common::{PgDatabase, event, random_name};
+use common::{PgDatabase, random_name};
 use roomcast_broker::kafka::replay::{KafkaReplay, ReplayStart};
-use roomcast_broker::testkit::{kafka_test_url, with_settings};
+use roomcast_broker::testkit::{self, kafka_test_url, with_settings};
 use roomcast_broker::{Broker, WorkerLink};
 use roomcast_schemas::{InboundEvent, now_ms};
 use roomcast_store::Store;
+use roomcast_store::testkit::reachable_postgres_url;
 use roomcast_worker::replay::{ReplayOptions, ReplayReport, replay};
 use roomcast_worker::{Worker, WorkerConfig};
 use sqlx::{Connection, PgConnection};
@@ -33,31 +34,11 @@ async fn within<T>(what: &str, fut: impl Future<Output = T>) -> T {
     }
 }
 
-/// Skips the test outside CI (returns `None` after saying why), fails it in CI.
-fn unavailable<T>(problem: &str) -> Option<T> {
-    if std::env::var("CI").is_ok_and(|ci| ci == "true") {
-        panic!("required in CI: {problem}");
-    }
-    eprintln!("skipping: {problem}");
-    None
-}
-
 /// The Kafka test broker's URL, with a fresh prefix and 3 partitions, and a check that
 /// PostgreSQL answers.
 async fn environment() -> Option<String> {
     let url = kafka_test_url().await?;
-    let postgres = std::env::var("ROOMCAST_TEST_POSTGRES_URL")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
-    match tokio::time::timeout(Duration::from_secs(5), PgConnection::connect(&postgres)).await {
-        Ok(Ok(conn)) => {
-            let _ = conn.close().await;
-        }
-        _ => {
-            return unavailable(&format!(
-                "PostgreSQL at {postgres} (ROOMCAST_TEST_POSTGRES_URL) is unreachable"
-            ));
-        }
-    }
+    reachable_postgres_url().await?;
     common::init_tracing();
     let prefix = random_name("replay").replace('-', ".");
     Some(with_settings(
@@ -79,18 +60,11 @@ async fn publish_events(
     round: &str,
     count: usize,
 ) -> Vec<InboundEvent> {
-    let mut events = Vec::new();
-    for i in 0..count {
-        for (r, room) in rooms.iter().enumerate() {
-            let from = format!("user{}", (i + r) % 3);
-            let id = format!("{round}-{room}-{i}");
-            let data = format!(r#"{{"n":{i},"round":"{round}","text":"héllo {r}"}}"#);
-            let event = event(room, &from, &id, &data);
-            publish(broker, room, serde_json::to_vec(&event).expect("encode")).await;
-            events.push(event);
-        }
-    }
-    events
+    within(
+        "the publishes",
+        testkit::publish_events(&**broker, rooms, round, count),
+    )
+    .await
 }
 
 /// A messages table (room, seq, id, sender, event, ts, data) and rooms table, sorted.

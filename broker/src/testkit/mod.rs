@@ -15,11 +15,14 @@
 //!   timeouts.
 //! - `urls`: test broker URLs from the environment, random names.
 //! - `helpers`: waiting for deliveries and messages, test records, draining in order.
+//! - `events`: inbound events for tests, and publishing rounds of them.
 //! - [`cases`]: the contract tests themselves (inbound stream, fan-out, lifecycle).
 
+mod events;
 mod helpers;
 mod urls;
 
+pub use events::*;
 pub use helpers::*;
 pub use urls::*;
 

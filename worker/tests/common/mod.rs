@@ -1,9 +1,7 @@
 //! Helpers shared by the worker's integration tests.
-#![allow(dead_code, unreachable_pub)]
+#![allow(dead_code, unreachable_pub, unused_imports)]
 
-use roomcast_schemas::{ENVELOPE_VERSION, InboundEvent};
-use serde_json::value::RawValue;
-
+pub use roomcast_broker::testkit::{inbound_event as event, unique as random_name};
 pub use roomcast_store::testkit::PgDatabase;
 
 /// Sends the code's tracing output to the test's output (filtered by `RUST_LOG`, off by
@@ -13,22 +11,4 @@ pub fn init_tracing() {
         .with_test_writer()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .try_init();
-}
-
-/// A random name with a readable prefix (rooms, senders, groups).
-pub fn random_name(prefix: &str) -> String {
-    format!("{prefix}-{}", uuid::Uuid::new_v4().simple())
-}
-
-/// An inbound event with `data` given as JSON text.
-pub fn event(room: &str, from: &str, id: &str, data: &str) -> InboundEvent {
-    InboundEvent {
-        v: ENVELOPE_VERSION,
-        id: id.to_owned(),
-        room: room.to_owned(),
-        event: "say".to_owned(),
-        from: from.to_owned(),
-        ts: 1_700_000_000_000,
-        data: RawValue::from_string(data.to_owned()).expect("test data is JSON"),
-    }
 }
