@@ -4,7 +4,7 @@ mod common;
 
 use common::{TestApp, event_id, room};
 use roomcast_broker::EmbeddedOptions;
-use roomcast_schemas::ServerFrame;
+use roomcast_schemas::{EventId, EventName, RoomName, ServerFrame};
 use serde_json::json;
 use std::collections::HashMap;
 use std::time::Duration;
@@ -215,9 +215,9 @@ async fn a_seq_gap_without_a_gap_report_is_filled_from_the_store() {
     // An event stored without its fan-out message (as if fan-out lost it silently).
     let event = roomcast_schemas::InboundEvent {
         v: roomcast_schemas::ENVELOPE_VERSION,
-        id: "silent".into(),
-        room: room.clone(),
-        event: "msg".into(),
+        id: EventId::new("silent").unwrap(),
+        room: RoomName::new(room.clone()).unwrap(),
+        event: EventName::new("msg").unwrap(),
         from: "elsewhere".into(),
         ts: 1,
         data: serde_json::value::to_raw_value(&json!("stored only")).unwrap(),

@@ -5,6 +5,7 @@
 //! (a JSON array of them, in seq order); [`decode_fanout`] reads both.
 //! `data` is carried as raw JSON text so that no hop re-encodes the payload.
 
+use crate::names::{EventId, EventName, RoomName};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -17,12 +18,14 @@ pub const ENVELOPE_VERSION: u32 = 1;
 pub struct InboundEvent {
     /// Envelope version ([`ENVELOPE_VERSION`]).
     pub v: u32,
-    /// The client's event id; `(from, id)` identifies the event for deduplication.
-    pub id: String,
-    /// Room name; also the broker key that keeps a room's events in order.
-    pub room: String,
-    /// Event name.
-    pub event: String,
+    /// The client's event id; `(from, id)` identifies the event for deduplication. Checked
+    /// when the envelope is decoded.
+    pub id: EventId,
+    /// Room name; also the broker key that keeps a room's events in order. Checked when the
+    /// envelope is decoded.
+    pub room: RoomName,
+    /// Event name. Checked when the envelope is decoded.
+    pub event: EventName,
     /// The publisher's user id (the JWT `sub`).
     pub from: String,
     /// When the gateway accepted the event, in milliseconds since the Unix epoch.
@@ -118,10 +121,10 @@ impl FanoutMessage {
     pub fn from_event(event: &InboundEvent, seq: u64) -> Self {
         FanoutMessage {
             v: ENVELOPE_VERSION,
-            room: event.room.clone(),
+            room: event.room.as_str().to_owned(),
             seq,
-            id: event.id.clone(),
-            event: event.event.clone(),
+            id: event.id.as_str().to_owned(),
+            event: event.event.as_str().to_owned(),
             from: event.from.clone(),
             ts: event.ts,
             data: event.data.clone(),

@@ -74,15 +74,15 @@ pub(crate) fn plan<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomcast_schemas::ENVELOPE_VERSION;
+    use roomcast_schemas::{ENVELOPE_VERSION, EventId, EventName, RoomName};
     use serde_json::value::RawValue;
 
     fn event(room: &str, from: &str, id: &str) -> InboundEvent {
         InboundEvent {
             v: ENVELOPE_VERSION,
-            id: id.to_owned(),
-            room: room.to_owned(),
-            event: "say".to_owned(),
+            id: EventId::new(id).unwrap(),
+            room: RoomName::new(room).unwrap(),
+            event: EventName::new("say").unwrap(),
             from: from.to_owned(),
             ts: 1,
             data: RawValue::from_string("{}".to_owned()).unwrap(),

@@ -94,7 +94,7 @@ impl SqliteBackend {
                  WHERE sender = ?1 AND id = ?2",
             )
             .bind(&event.from)
-            .bind(&event.id)
+            .bind(event.id.as_str())
             .fetch_optional(&mut *tx)
             .await?;
             if let Some(row) = row {

@@ -342,7 +342,7 @@ async fn data_round_trips_exactly(target: &Target) {
         .collect();
     let mut stamped = events.clone();
     stamped[0].ts = u64::MAX;
-    stamped[1].event = "ünïcode.event".to_owned();
+    stamped[1].event = roomcast_schemas::EventName::new("a.dotted-event:name").unwrap();
     let appended = store.append(&stamped).await.unwrap();
     for (appended, data) in appended.iter().zip(payloads) {
         assert_eq!(appended.message().data.get(), data);
@@ -353,7 +353,7 @@ async fn data_round_trips_exactly(target: &Target) {
         payloads
     );
     assert_eq!(stored[0].ts, u64::MAX);
-    assert_eq!(stored[1].event, "ünïcode.event");
+    assert_eq!(stored[1].event, "a.dotted-event:name");
     assert_eq!(stored[2].ts, events[2].ts);
     // The stored message turns into the same frame as the one fanned out on first store.
     assert_eq!(

@@ -187,15 +187,15 @@ impl Handlers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomcast_schemas::ENVELOPE_VERSION;
+    use roomcast_schemas::{ENVELOPE_VERSION, EventId, EventName, RoomName};
     use serde_json::value::RawValue;
 
     fn event(name: &str) -> InboundEvent {
         InboundEvent {
             v: ENVELOPE_VERSION,
-            id: "1".into(),
-            room: "r".into(),
-            event: name.into(),
+            id: EventId::new("1").unwrap(),
+            room: RoomName::new("r").unwrap(),
+            event: EventName::new(name).unwrap(),
             from: "u".into(),
             ts: 0,
             data: RawValue::from_string("{}".into()).unwrap(),

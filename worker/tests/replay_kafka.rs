@@ -314,12 +314,13 @@ async fn a_replay_starts_at_offsets_and_ends_at_the_captured_end() {
                 serde_json::from_slice::<InboundEvent>(&r.payload)
                     .expect("an event")
                     .id
+                    .to_string()
             })
             .collect();
         let published: Vec<String> = events
             .iter()
-            .filter(|e| &e.room == room)
-            .map(|e| e.id.clone())
+            .filter(|e| e.room == room.as_str())
+            .map(|e| e.id.to_string())
             .collect();
         assert_eq!(ids, published);
     }

@@ -9,7 +9,7 @@ use roomcast_broker::testkit::{next_message, within};
 use roomcast_broker::{
     EmbeddedBroker, EventPublisher, FanoutSource, FanoutSubscription, WorkerLink,
 };
-use roomcast_schemas::{DeadLetter, FanoutMessage, InboundEvent, decode_fanout};
+use roomcast_schemas::{DeadLetter, EventName, FanoutMessage, InboundEvent, decode_fanout};
 use roomcast_store::Store;
 use roomcast_worker::handler::{Disposition, EventHandler, HandlerError, Handlers};
 use roomcast_worker::{Worker, WorkerConfig, WorkerCounters, WorkerError};
@@ -359,8 +359,12 @@ async fn poison_payloads_are_dead_lettered_and_the_stream_moves_on() {
             "unsupported envelope version 2",
         ),
         (
-            serde_json::to_vec(&event(&room, "alice", "has space", "{}")).unwrap(),
-            "event id",
+            // Another service's envelope with an id no gateway would accept.
+            serde_json::to_string(&event(&room, "alice", "bad-id", "{}"))
+                .unwrap()
+                .replace(r#""bad-id""#, r#""has space""#)
+                .into_bytes(),
+            "undecodable payload: event id must be",
         ),
         (
             serde_json::to_vec(&other_room).unwrap(),
@@ -442,7 +446,7 @@ async fn transient_failures_are_retried_then_dead_lettered_after_max_attempts() 
     let mut running = Running::spawn(setup.worker(quick_retries(3)).with_handlers(handlers));
 
     let mut flaky = event(&room, "alice", "f1", "{}");
-    flaky.event = "flaky".to_owned();
+    flaky.event = EventName::new("flaky").unwrap();
     setup.publish(&flaky).await;
     setup.publish(&event(&room, "alice", "after", "{}")).await;
     setup
@@ -579,7 +583,7 @@ async fn handlers_can_reject_or_drop_an_event_kind() {
 
     for (id, kind) in [("1", "typing"), ("2", "shout"), ("3", "chat")] {
         let mut event = event(&room, "carol", id, "{}");
-        event.event = kind.to_owned();
+        event.event = EventName::new(kind).unwrap();
         setup.publish(&event).await;
     }
     let message = sub.next().await;

@@ -2,16 +2,16 @@
 
 use crate::Broker;
 use bytes::Bytes;
-use roomcast_schemas::{ENVELOPE_VERSION, InboundEvent};
+use roomcast_schemas::{ENVELOPE_VERSION, EventId, EventName, InboundEvent, RoomName};
 use serde_json::value::RawValue;
 
 /// An inbound event (`say`, a fixed timestamp) with `data` given as JSON text.
 pub fn inbound_event(room: &str, from: &str, id: &str, data: &str) -> InboundEvent {
     InboundEvent {
         v: ENVELOPE_VERSION,
-        id: id.to_owned(),
-        room: room.to_owned(),
-        event: "say".to_owned(),
+        id: EventId::new(id).expect("a valid test id"),
+        room: RoomName::new(room).expect("a valid test room"),
+        event: EventName::new("say").expect("a valid event name"),
         from: from.to_owned(),
         ts: 1_700_000_000_000,
         data: RawValue::from_string(data.to_owned()).expect("test data is JSON"),

@@ -104,9 +104,9 @@ impl Session {
         }
         let envelope = InboundEvent {
             v: ENVELOPE_VERSION,
-            id: id.to_string(),
-            room: room.to_string(),
-            event: event.to_string(),
+            id: id.clone(),
+            room: room.clone(),
+            event,
             from: self.claims.sub.clone(),
             ts: now_ms(),
             data,

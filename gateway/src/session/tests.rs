@@ -8,7 +8,7 @@ use crate::config::GatewayConfig;
 use crate::outbound::RoomMessage;
 use crate::server::Gateway;
 use roomcast_broker::{Broker, EmbeddedBroker, EventConsumer, GatewayLink};
-use roomcast_schemas::{FanoutMessage, InboundEvent, now_ms};
+use roomcast_schemas::{EventId, EventName, FanoutMessage, InboundEvent, RoomName, now_ms};
 use roomcast_store::Store;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -183,9 +183,9 @@ async fn store_events(store: &Store, room: &str, count: usize, size: usize) -> V
     let events: Vec<InboundEvent> = (0..count)
         .map(|_| InboundEvent {
             v: 1,
-            id: format!("e-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed)),
-            room: room.to_owned(),
-            event: "chat".to_owned(),
+            id: EventId::new(format!("e-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))).unwrap(),
+            room: RoomName::new(room).unwrap(),
+            event: EventName::new("chat").unwrap(),
             from: "bob".to_owned(),
             ts: now_ms(),
             data: RawValue::from_string(text.clone()).unwrap(),

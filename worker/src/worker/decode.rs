@@ -1,7 +1,7 @@
 //! Decoding and checking an inbound delivery; a failure is the reason of its dead letter.
 
 use roomcast_broker::Delivery;
-use roomcast_schemas::{ENVELOPE_VERSION, InboundEvent, names};
+use roomcast_schemas::{ENVELOPE_VERSION, InboundEvent};
 
 /// Decodes and validates a delivery's payload; the error is the dead letter's reason.
 pub(super) fn decode(delivery: &Delivery) -> Result<InboundEvent, String> {
@@ -9,7 +9,8 @@ pub(super) fn decode(delivery: &Delivery) -> Result<InboundEvent, String> {
 }
 
 /// Decodes and checks an inbound event published under broker key `key`; the error is the
-/// dead-letter reason.
+/// dead-letter reason. Decoding checks the names (an invalid room, event name or id is an
+/// undecodable payload); the sender, the version and the key are checked here.
 pub(crate) fn decode_event(key: &str, payload: &[u8]) -> Result<InboundEvent, String> {
     let event: InboundEvent =
         serde_json::from_slice(payload).map_err(|error| format!("undecodable payload: {error}"))?;
@@ -19,10 +20,6 @@ pub(crate) fn decode_event(key: &str, payload: &[u8]) -> Result<InboundEvent, St
             event.v
         ));
     }
-    let invalid = |error: names::NameError| format!("invalid event: {error}");
-    names::check_room(&event.room).map_err(invalid)?;
-    names::check_event(&event.event).map_err(invalid)?;
-    names::check_id(&event.id).map_err(invalid)?;
     if event.from.is_empty() || event.from.chars().any(char::is_control) {
         return Err("invalid event: `from` is empty or holds control characters".to_owned());
     }
