@@ -70,6 +70,8 @@ fn main() -> Result<()> {
 
 fn run(config: GatewayConfig, listen: SocketAddr, data: DataArgs, dev: bool) -> Result<()> {
     roomcast::logging::init();
+    let descriptors = roomcast_gateway::raise_descriptor_limit();
+    tracing::debug!(?descriptors, "open-file limit");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         tracing::info!(?config, data_dir = %data.data_dir.display(), "starting roomcast");
@@ -81,6 +83,12 @@ fn run(config: GatewayConfig, listen: SocketAddr, data: DataArgs, dev: bool) -> 
             .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr().context("reading the bound address")?;
         announce(addr, dev);
+        if dev && !addr.ip().is_loopback() {
+            tracing::warn!(
+                %addr,
+                "dev mode listens beyond loopback: anyone who reaches this address can connect; /dev/token still answers only requests for localhost, 127.0.0.1 or [::1]"
+            );
+        }
         let shutdown = CancellationToken::new();
         roomcast::signal::cancel_on_signals(shutdown.clone());
         app.serve(listener, shutdown).await.context("serving")?;

@@ -6,6 +6,7 @@
 
 use crate::auth::{AuthConfig, JwtAlgorithm, VerifyKey};
 use crate::limits::LimitsConfig;
+pub use roomcast_schemas::data::{DEFAULT_MAX_DATA_DEPTH, MAX_DATA_DEPTH};
 use std::time::Duration;
 use thiserror::Error;
 
@@ -46,6 +47,10 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
 pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default time the gateway takes at most to answer a request (the WebSocket handshake too).
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default number of history pages read at once: half of the store's connection pool.
+pub const DEFAULT_REPLAY_READS: usize = 4;
+/// Default number of replays of one user running at once.
+pub const DEFAULT_REPLAYS_PER_USER: usize = 2;
 /// Default lifetime of tokens minted by `GET /dev/token`.
 pub const DEFAULT_DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
@@ -64,6 +69,9 @@ pub struct GatewayConfig {
     pub limits: LimitsConfig,
     /// Largest client text frame, in bytes; a larger one gets `too_large` and close 1009.
     pub max_frame_bytes: usize,
+    /// Deepest nesting of arrays and objects in a publish's `data`; deeper gets
+    /// `invalid_frame`. At most [`MAX_DATA_DEPTH`] (what workers accept from any producer).
+    pub max_data_depth: usize,
     /// Most rooms one connection may hold at once; one more gets `too_many_rooms`.
     pub max_rooms_per_connection: usize,
     /// Capacity of each connection's outbound queue, in frames. A client that lets it fill is
@@ -93,6 +101,11 @@ pub struct GatewayConfig {
     /// A connection whose socket accepts no writes for this long (live messages, a history
     /// replay, error frames alike) is closed as a slow consumer (4008).
     pub write_timeout: Duration,
+    /// History pages read from the store at once, across all replays of the gateway (joins
+    /// with `since`, gap fills): the rest of the store pool stays free for live traffic.
+    pub replay_reads: usize,
+    /// Replays of one user running at once on the gateway; the user's next one waits.
+    pub replays_per_user: usize,
     /// Bytes of history frames a replay (`join` with `since`, gap repair) queues before it
     /// waits for the socket to take them: the most a replay holds per connection.
     pub replay_bytes: usize,
@@ -124,6 +137,7 @@ impl GatewayConfig {
             auth,
             limits: LimitsConfig::default(),
             max_frame_bytes: DEFAULT_MAX_FRAME_BYTES,
+            max_data_depth: DEFAULT_MAX_DATA_DEPTH,
             max_rooms_per_connection: DEFAULT_MAX_ROOMS_PER_CONNECTION,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
             ws_read_buffer: DEFAULT_WS_READ_BUFFER,
@@ -137,6 +151,8 @@ impl GatewayConfig {
             close_timeout: DEFAULT_CLOSE_TIMEOUT,
             write_timeout: DEFAULT_WRITE_TIMEOUT,
             replay_bytes: DEFAULT_REPLAY_BYTES,
+            replay_reads: DEFAULT_REPLAY_READS,
+            replays_per_user: DEFAULT_REPLAYS_PER_USER,
             token_notice: DEFAULT_TOKEN_NOTICE,
             token_grace: DEFAULT_TOKEN_GRACE,
             max_token_lifetime: None,
@@ -153,6 +169,12 @@ impl GatewayConfig {
             return Err(ConfigError(format!(
                 "max_frame_bytes must be between {MIN_FRAME_BYTES} and {MAX_FRAME_BYTES_LIMIT} (got {})",
                 self.max_frame_bytes
+            )));
+        }
+        if self.max_data_depth == 0 || self.max_data_depth > MAX_DATA_DEPTH {
+            return Err(ConfigError(format!(
+                "max_data_depth must be between 1 and {MAX_DATA_DEPTH} (got {})",
+                self.max_data_depth
             )));
         }
         if self.max_rooms_per_connection == 0 {
@@ -203,6 +225,11 @@ impl GatewayConfig {
                 "replay_bytes ({}) must be at least max_frame_bytes ({})",
                 self.replay_bytes, self.max_frame_bytes
             )));
+        }
+        if self.replay_reads == 0 || self.replays_per_user == 0 {
+            return Err(ConfigError(
+                "replay_reads and replays_per_user must be at least 1".into(),
+            ));
         }
         if self.max_connections == 0 || self.max_connections_per_user == 0 {
             return Err(ConfigError(

@@ -6,21 +6,25 @@
 //! - [`config`]: [`GatewayConfig`], every setting with its default and validation.
 //! - [`server`]: the routes (`/ws`, `/healthz`, `/readyz`, `/`, `/dev/token`) and the handshake.
 //! - `listen`: [`serve`], the accept loop with hyper's timeouts and graceful shutdown.
+//! - `connections`: the places of accepted connections and the caps on sessions.
 //! - `session`: the session core, one connection whatever its front door: frames, joins,
 //!   pipelined publishes, delivery without gap or duplicate, limits and timers.
 //! - `ws`: the WebSocket front door, a transport for the session core.
 //! - `outbound`: what fan-out hands to a connection (the member handle and its queue items).
+//! - `replay`: the bounds that keep history replays fair to live traffic.
 //! - `rooms`: the sharded room registry and the fan-out subscriptions that follow it.
 //! - `fanout`: the task that hands each fan-out message to the room's local members.
 //! - [`error`]: [`GatewayError`], why a gateway could not start.
 
 pub mod auth;
 pub mod config;
+mod connections;
 pub mod error;
 mod fanout;
 pub mod limits;
 mod listen;
 mod outbound;
+mod replay;
 mod rooms;
 pub mod server;
 mod session;
@@ -28,7 +32,7 @@ mod ws;
 
 pub use config::GatewayConfig;
 pub use error::GatewayError;
-pub use listen::serve;
+pub use listen::{raise_descriptor_limit, serve};
 pub use server::Gateway;
 
 /// Close code when the gateway shuts down.

@@ -11,12 +11,13 @@
 
 use crate::auth::{AuthError, Claims, Minter, Verifier, VerifyKey, token_from_request};
 use crate::config::GatewayConfig;
+use crate::connections::{Cap, ConnectionCounts, ConnectionGuard, Slot};
 use crate::error::GatewayError;
 use crate::limits::Limits;
 pub use crate::listen::serve;
+use crate::replay::Replays;
 use crate::rooms::Rooms;
 use crate::{fanout, session, ws};
-use axum::Json;
 use axum::Router;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::{WebSocketUpgrade, rejection::WebSocketUpgradeRejection};
@@ -24,15 +25,14 @@ use axum::extract::{ConnectInfo, Query, RawQuery, State};
 use axum::http::{HeaderMap, HeaderValue, Request, StatusCode, header};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
+use axum::{Extension, Json};
 use roomcast_broker::GatewayLink;
 use roomcast_store::Store;
 use serde::Deserialize;
 use serde_json::json;
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -55,6 +55,8 @@ pub(crate) struct GatewayState {
     pub(crate) broker: GatewayLink,
     pub(crate) store: Store,
     pub(crate) rooms: Arc<Rooms>,
+    /// The bounds on history replays (per user, and store reads at once).
+    pub(crate) replays: Arc<Replays>,
     minter: Option<Minter>,
     /// Tracks open sessions, so that shutdown can wait for them.
     pub(crate) sessions: TaskTracker,
@@ -64,95 +66,19 @@ pub(crate) struct GatewayState {
     background: TaskTracker,
     background_stop: CancellationToken,
     next_conn: AtomicU64,
-    /// Open connections, against `max_connections` and `max_connections_per_user`.
-    connections: Arc<ConnectionCounts>,
+    /// Accepted connections and sessions, against `max_connections` and
+    /// `max_connections_per_user`.
+    pub(crate) connections: Arc<ConnectionCounts>,
     /// Connections closed as slow consumers (queue overflow or write deadline).
     slow_closed: AtomicU64,
 }
 
-/// Open connections in total and per user.
-#[derive(Debug, Default)]
-pub(crate) struct ConnectionCounts {
-    total: AtomicUsize,
-    per_user: Mutex<HashMap<Arc<str>, usize>>,
-}
-
-/// Why a handshake was refused by the connection caps.
-pub(crate) enum Cap {
-    /// The gateway holds `max_connections`.
-    Total,
-    /// The user holds `max_connections_per_user`.
-    User,
-}
-
-impl ConnectionCounts {
-    /// Counts a connection of `user`, unless a cap is reached.
-    fn admit(
-        self: &Arc<Self>,
-        user: &str,
-        max_total: usize,
-        max_user: usize,
-    ) -> Result<ConnectionGuard, Cap> {
-        if self.total.fetch_add(1, Ordering::AcqRel) >= max_total {
-            self.total.fetch_sub(1, Ordering::AcqRel);
-            return Err(Cap::Total);
-        }
-        let mut per_user = self.per_user.lock().unwrap_or_else(|p| p.into_inner());
-        let user: Arc<str> = match per_user.get_key_value(user) {
-            Some((_, &count)) if count >= max_user => {
-                drop(per_user);
-                self.total.fetch_sub(1, Ordering::AcqRel);
-                return Err(Cap::User);
-            }
-            Some((key, _)) => key.clone(),
-            None => Arc::from(user),
-        };
-        *per_user.entry(user.clone()).or_insert(0) += 1;
-        Ok(ConnectionGuard {
-            counts: self.clone(),
-            user,
-        })
-    }
-
-    /// Open connections.
-    pub(crate) fn total(&self) -> usize {
-        self.total.load(Ordering::Acquire)
-    }
-}
-
-/// One admitted connection; dropping it frees its place under the caps.
-#[derive(Debug)]
-pub(crate) struct ConnectionGuard {
-    counts: Arc<ConnectionCounts>,
-    user: Arc<str>,
-}
-
-impl Drop for ConnectionGuard {
-    fn drop(&mut self) {
-        let mut per_user = self
-            .counts
-            .per_user
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if let Some(count) = per_user.get_mut(&*self.user) {
-            *count -= 1;
-            if *count == 0 {
-                per_user.remove(&*self.user);
-            }
-        }
-        drop(per_user);
-        self.counts.total.fetch_sub(1, Ordering::AcqRel);
-    }
-}
-
 impl GatewayState {
-    /// Counts a connection of `user` against the caps, unless one is reached.
-    pub(crate) fn admit(&self, user: &str) -> Result<ConnectionGuard, Cap> {
-        self.connections.admit(
-            user,
-            self.config.max_connections,
-            self.config.max_connections_per_user,
-        )
+    /// Counts a session of `user` against the caps, unless one is reached; `slot` is its
+    /// accepted connection's place.
+    pub(crate) fn admit(&self, user: &str, slot: Option<Slot>) -> Result<ConnectionGuard, Cap> {
+        self.connections
+            .admit(user, self.config.max_connections_per_user, slot)
     }
 
     /// Verifies a token as the handshake does: signature, times, claims, and the configured
@@ -160,7 +86,12 @@ impl GatewayState {
     pub(crate) fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         let claims = self.verifier.verify(token)?;
         if let Some(max) = self.config.max_token_lifetime {
-            let lifetime = claims.iat.map(|iat| claims.exp.saturating_sub(iat));
+            // Measured from `iat`, or from now if that is earlier (the verifier refused an
+            // `iat` further ahead than the leeway): a token never has longer left than `max`.
+            let now = roomcast_schemas::now_ms() / 1000;
+            let lifetime = claims
+                .iat
+                .map(|iat| claims.exp.saturating_sub(iat.min(now)));
             match lifetime {
                 Some(lifetime) if lifetime <= max.as_secs() => {}
                 _ => return Err(AuthError::LifetimeTooLong),
@@ -217,6 +148,8 @@ impl Gateway {
         let subscription: Arc<dyn roomcast_broker::FanoutSubscription> =
             Arc::from(broker.fanout.open().await?);
         let rooms = Arc::new(Rooms::new(subscription.clone()));
+        let connections = Arc::new(ConnectionCounts::new(config.max_connections));
+        let replays = Replays::new(config.replay_reads, config.replays_per_user);
         let shared = Arc::new(GatewayState {
             config,
             verifier,
@@ -224,13 +157,14 @@ impl Gateway {
             broker,
             store,
             rooms: rooms.clone(),
+            replays,
             minter,
             sessions: TaskTracker::new(),
             sessions_stop: CancellationToken::new(),
             background: TaskTracker::new(),
             background_stop: CancellationToken::new(),
             next_conn: AtomicU64::new(1),
-            connections: Arc::new(ConnectionCounts::default()),
+            connections,
             slow_closed: AtomicU64::new(0),
         });
         shared.background.spawn(fanout::run(
@@ -249,7 +183,10 @@ impl Gateway {
                     _ = every.tick() => {}
                 }
                 match housekeeping.upgrade() {
-                    Some(shared) => shared.limits.housekeep(),
+                    Some(shared) => {
+                        shared.limits.housekeep();
+                        shared.replays.housekeep();
+                    }
                     None => return,
                 }
             }
@@ -290,15 +227,26 @@ impl Gateway {
         self.shared.rooms.room_count()
     }
 
+    /// History replays running now (joins with `since`, gap fills).
+    pub fn replay_count(&self) -> usize {
+        self.shared.replays.running()
+    }
+
     /// How many connections were closed as slow consumers (their queue overflowed, or their
     /// socket accepted no writes for `write_timeout`).
     pub fn slow_consumers_closed(&self) -> u64 {
         self.shared.slow_closed.load(Ordering::Relaxed)
     }
 
-    /// Open client connections (counted against `max_connections`).
+    /// Open client sessions (counted against `max_connections`).
     pub fn connection_count(&self) -> usize {
-        self.shared.connections.total()
+        self.shared.connections.sessions()
+    }
+
+    /// Open TCP connections accepted by [`serve`](crate::serve), of every kind: sessions,
+    /// HTTP requests, connections that have not sent their headers yet.
+    pub fn accepted_count(&self) -> usize {
+        self.shared.connections.accepted()
     }
 
     /// Starts closing: new handshakes get 503 and every open session is sent close 1001.
@@ -338,6 +286,7 @@ fn json_error(status: StatusCode, error: &str, message: impl Into<String>) -> Re
 async fn ws_handler(
     State(shared): State<Arc<GatewayState>>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    slot: Option<Extension<Slot>>,
     headers: HeaderMap,
     RawQuery(query): RawQuery,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
@@ -377,7 +326,7 @@ async fn ws_handler(
         Err(rejection) => return rejection.into_response(),
     };
     let config = &shared.config;
-    let guard = match shared.admit(&claims.sub) {
+    let guard = match shared.admit(&claims.sub, slot.map(|Extension(slot)| slot)) {
         Ok(guard) => guard,
         Err(Cap::Total) => {
             return json_error(
@@ -473,13 +422,51 @@ struct DevTokenQuery {
     rooms: Option<String>,
 }
 
+/// Whether a request's `Host` (or HTTP/2 `:authority`) names this machine's loopback:
+/// `localhost`, `127.0.0.1` or `[::1]`, with or without a port. A page that rebinds its own
+/// DNS name to 127.0.0.1 still sends its own name, so it is told apart from the chat page.
+fn is_loopback_host(host: &str) -> bool {
+    // `name` is the host without brackets, `rest` what follows it: nothing, or `:PORT`.
+    let (name, rest, bracketed) = match host.strip_prefix('[') {
+        Some(inner) => match inner.split_once(']') {
+            Some((name, rest)) => (name, rest, true),
+            None => return false,
+        },
+        None => match host.split_once(':') {
+            Some((name, _)) => (name, &host[name.len()..], false),
+            None => (host, "", false),
+        },
+    };
+    let loopback = match bracketed {
+        true => name == "::1",
+        false => name.eq_ignore_ascii_case("localhost") || name == "127.0.0.1",
+    };
+    let port = rest.strip_prefix(':');
+    let port_ok = rest.is_empty()
+        || port.is_some_and(|port| !port.is_empty() && port.bytes().all(|b| b.is_ascii_digit()));
+    loopback && port_ok
+}
+
 async fn dev_token(
     State(shared): State<Arc<GatewayState>>,
+    headers: HeaderMap,
+    uri: axum::http::Uri,
     query: Result<Query<DevTokenQuery>, QueryRejection>,
 ) -> Response {
     let Some(minter) = &shared.minter else {
         return json_error(StatusCode::NOT_FOUND, "not_found", "not found");
     };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|host| host.to_str().ok())
+        .or_else(|| uri.authority().map(|authority| authority.as_str()));
+    if !host.is_some_and(is_loopback_host) {
+        return json_error(
+            StatusCode::FORBIDDEN,
+            "forbidden",
+            "dev tokens are served only to requests for localhost, 127.0.0.1 or [::1]",
+        );
+    }
     let Ok(Query(query)) = query else {
         return json_error(
             StatusCode::BAD_REQUEST,
@@ -487,14 +474,10 @@ async fn dev_token(
             "expected ?sub=NAME[&rooms=a,b]",
         );
     };
-    let sub = query.sub.trim();
-    if sub.is_empty() || sub.len() > 128 || sub.chars().any(char::is_control) {
-        return json_error(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            "sub must be 1-128 printable characters",
-        );
-    }
+    let sub = match roomcast_schemas::UserId::new(query.sub.trim()) {
+        Ok(sub) => sub,
+        Err(error) => return json_error(StatusCode::BAD_REQUEST, "bad_request", error.to_string()),
+    };
     let rooms: Vec<String> = match &query.rooms {
         None => vec!["*".to_owned()],
         Some(list) => list
@@ -511,8 +494,45 @@ async fn dev_token(
         );
     }
     // With the HS256 secret, minting only fails on a bad `sub` or room pattern.
-    match minter.mint(sub, &rooms, shared.config.dev_token_ttl) {
+    match minter.mint(&sub, &rooms, shared.config.dev_token_ttl) {
         Ok(token) => Json(json!({ "token": token })).into_response(),
         Err(err) => json_error(StatusCode::BAD_REQUEST, "bad_request", err.0),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_loopback_host;
+
+    #[test]
+    fn only_loopback_names_are_dev_hosts() {
+        for ok in [
+            "localhost",
+            "localhost:3000",
+            "LOCALHOST:3000",
+            "127.0.0.1",
+            "127.0.0.1:8080",
+            "[::1]",
+            "[::1]:3000",
+        ] {
+            assert!(is_loopback_host(ok), "{ok}");
+        }
+        for bad in [
+            "",
+            "evil.example",
+            "evil.example:3000",
+            "localhost.evil.example",
+            "127.0.0.1.nip.io:3000",
+            "127.0.0.2:3000",
+            "[::2]:3000",
+            "[::1",
+            "localhost:",
+            "localhost:30a0",
+            "[::1]3000",
+            "0.0.0.0:3000",
+            "192.168.1.5:3000",
+        ] {
+            assert!(!is_loopback_host(bad), "{bad}");
+        }
     }
 }

@@ -218,7 +218,7 @@ async fn a_seq_gap_without_a_gap_report_is_filled_from_the_store() {
         id: EventId::new("silent").unwrap(),
         room: RoomName::new(room.clone()).unwrap(),
         event: EventName::new("msg").unwrap(),
-        from: "elsewhere".into(),
+        from: roomcast_schemas::UserId::new("elsewhere").unwrap(),
         ts: 1,
         data: serde_json::value::to_raw_value(&json!("stored only")).unwrap(),
     };

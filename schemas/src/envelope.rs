@@ -5,7 +5,7 @@
 //! (a JSON array of them, in seq order); [`decode_fanout`] reads both.
 //! `data` is carried as raw JSON text so that no hop re-encodes the payload.
 
-use crate::names::{EventId, EventName, RoomName};
+use crate::names::{EventId, EventName, RoomName, UserId};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -26,8 +26,8 @@ pub struct InboundEvent {
     pub room: RoomName,
     /// Event name. Checked when the envelope is decoded.
     pub event: EventName,
-    /// The publisher's user id (the JWT `sub`).
-    pub from: String,
+    /// The publisher's user id (the JWT `sub`). Checked when the envelope is decoded.
+    pub from: UserId,
     /// When the gateway accepted the event, in milliseconds since the Unix epoch.
     pub ts: u64,
     /// The published data, as raw JSON.
@@ -125,7 +125,7 @@ impl FanoutMessage {
             seq,
             id: event.id.as_str().to_owned(),
             event: event.event.as_str().to_owned(),
-            from: event.from.clone(),
+            from: event.from.as_str().to_owned(),
             ts: event.ts,
             data: event.data.clone(),
         }

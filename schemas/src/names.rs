@@ -5,13 +5,20 @@
 //!   (`team-*`, or `*` alone for every room).
 //! - Event name: 1–64 characters from the room-name alphabet.
 //! - Event id: 1–128 printable ASCII characters without spaces (`!`–`~`), e.g. a UUID.
+//! - User id (the JWT `sub`, shown as `from`): 1–256 bytes of UTF-8 with no leading or
+//!   trailing white space and no invisible character: none of Unicode's control (Cc), format
+//!   (Cf: zero-width characters, bidi controls such as U+202E), private-use (Co), line- or
+//!   paragraph-separator (Zl, Zp) characters, nor the other default-ignorable code points
+//!   (variation selectors, Hangul fillers, U+034F, U+115F, U+1160, U+17B4, U+17B5,
+//!   U+180B–U+180F, U+3164, U+FFA0, U+E0100–U+E01EF). See [`check_user`].
 //!
-//! [`RoomName`], [`EventName`] and [`EventId`] hold names that passed these checks: frames and
-//! envelopes are made of them, so a name is checked once, when it is parsed.
+//! [`RoomName`], [`EventName`], [`EventId`] and [`UserId`] hold names that passed these checks:
+//! frames, envelopes and claims are made of them, so a name is checked once, when it is parsed.
 
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use thiserror::Error;
+use unicode_properties::{GeneralCategory, UnicodeGeneralCategory};
 
 /// Longest room name.
 pub const MAX_ROOM_LEN: usize = 128;
@@ -19,6 +26,8 @@ pub const MAX_ROOM_LEN: usize = 128;
 pub const MAX_EVENT_LEN: usize = 64;
 /// Longest event id.
 pub const MAX_ID_LEN: usize = 128;
+/// Longest user id, in bytes of UTF-8.
+pub const MAX_USER_LEN: usize = 256;
 
 /// A name that breaks the syntax rules.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
@@ -32,6 +41,11 @@ pub enum NameError {
     /// Bad event id.
     #[error("event id must be 1-128 printable ASCII characters without spaces")]
     Id,
+    /// Bad user id.
+    #[error(
+        "user id must be 1-256 bytes without leading or trailing spaces and without control, format or other invisible characters"
+    )]
+    User,
 }
 
 fn name_char(c: u8) -> bool {
@@ -55,6 +69,45 @@ pub fn check_id(id: &str) -> Result<(), NameError> {
     let ok =
         !id.is_empty() && id.len() <= MAX_ID_LEN && id.bytes().all(|c| (0x21..=0x7e).contains(&c));
     if ok { Ok(()) } else { Err(NameError::Id) }
+}
+
+/// Checks a user id: 1–[`MAX_USER_LEN`] bytes, no leading or trailing white space, and no
+/// character that is invisible or changes how the text around it is shown (see the module's
+/// rules), so that one user cannot pass for another in `from`.
+pub fn check_user(user: &str) -> Result<(), NameError> {
+    let trimmed = user.trim_matches(char::is_whitespace);
+    let ok = !user.is_empty()
+        && user.len() <= MAX_USER_LEN
+        && trimmed.len() == user.len()
+        && !user.chars().any(is_invisible);
+    if ok { Ok(()) } else { Err(NameError::User) }
+}
+
+/// Whether `c` may not appear in a user id: controls, format characters (zero-width, bidi
+/// controls), private use, line and paragraph separators, and the default-ignorable code
+/// points outside those categories.
+fn is_invisible(c: char) -> bool {
+    matches!(
+        c.general_category(),
+        GeneralCategory::Control
+            | GeneralCategory::Format
+            | GeneralCategory::PrivateUse
+            | GeneralCategory::Surrogate
+            | GeneralCategory::LineSeparator
+            | GeneralCategory::ParagraphSeparator
+    ) || matches!(
+        c,
+        '\u{034F}'
+            | '\u{115F}'
+            | '\u{1160}'
+            | '\u{17B4}'
+            | '\u{17B5}'
+            | '\u{180B}'..='\u{180F}'
+            | '\u{3164}'
+            | '\u{FE00}'..='\u{FE0F}'
+            | '\u{FFA0}'
+            | '\u{E0100}'..='\u{E01EF}'
+    )
 }
 
 /// Whether `room` matches a `rooms`-claim pattern: equal, or starting with the part before a
@@ -172,3 +225,65 @@ name_type!(
     EventId(Box<str>),
     check_id
 );
+
+name_type!(
+    /// A user id that passed [`check_user`]: a token's `sub` and an event's `from`. Cheap to
+    /// clone (the text is shared), since every publish of a connection carries it.
+    UserId(Arc<str>),
+    check_user
+);
+
+impl UserId {
+    /// The shared text of the id.
+    pub fn as_arc(&self) -> &Arc<str> {
+        &self.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn user_ids_that_look_like_others_are_refused() {
+        for good in [
+            "alice",
+            "Ann Lee",
+            "jörg",
+            "李雷",
+            "user@example.com",
+            "a",
+            "🙂",
+        ] {
+            assert!(UserId::new(good).is_ok(), "{good:?}");
+        }
+        assert!(UserId::new("x".repeat(MAX_USER_LEN)).is_ok());
+        for bad in [
+            "",
+            " alice",
+            "alice ",
+            "alice\n",
+            "\u{a0}alice",
+            "ali\u{1b}[31mce",
+            "ali\u{200B}ce",
+            "\u{202E}ecila",
+            "alice\u{2066}",
+            "\u{FEFF}alice",
+            "ali\u{AD}ce",
+            "alice\u{2028}x",
+            "ali\u{E000}ce",
+            "ali\u{3164}ce",
+            "alice\u{FE0F}",
+            "alice\u{E0100}",
+            "alice\u{E0041}",
+            "ali\u{180E}ce",
+        ] {
+            assert_eq!(UserId::new(bad), Err(NameError::User), "{bad:?}");
+        }
+        assert_eq!(
+            UserId::new("é".repeat(MAX_USER_LEN / 2 + 1)),
+            Err(NameError::User),
+            "the limit is in bytes"
+        );
+    }
+}

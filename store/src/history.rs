@@ -38,7 +38,9 @@ impl Store {
     /// Like [`Store::history`], and the page stops once its payloads (`data`) reach
     /// `max_bytes`: every message but the last starts below that total, so a page holds at
     /// most `max_bytes` plus one message. The first message is always returned. The database
-    /// does the cut: messages beyond it never reach this process.
+    /// does the cut: messages beyond it never reach this process, and their payloads are not
+    /// even read (the cut is found from payload lengths alone, which both databases know
+    /// without loading the text).
     pub async fn history_within(
         &self,
         room: &str,
@@ -51,18 +53,21 @@ impl Store {
             return Ok(Vec::new());
         };
         let max_bytes = i64::try_from(max_bytes.max(1)).unwrap_or(i64::MAX);
-        // The innermost query bounds the rows the window looks at; the window sums the
-        // payload bytes before each row.
+        // The innermost query bounds the rows the window looks at and reads only their
+        // lengths; the window sums the payload bytes before each row, which gives the last seq
+        // of the page; only then are the page's rows read whole.
         let rows: Vec<MessageRow> = match &self.backend {
             Backend::Sqlite(sqlite) => {
                 sqlx::query_as(
-                    "SELECT room, seq, id, sender, event, ts, data FROM ( \
-                       SELECT room, seq, id, sender, event, ts, data, \
-                         COALESCE(SUM(LENGTH(CAST(data AS BLOB))) OVER (ORDER BY seq \
+                    "SELECT room, seq, id, sender, event, ts, data FROM messages \
+                     WHERE room = ?1 AND seq > ?2 AND seq <= ( \
+                       SELECT MAX(seq) FROM ( \
+                         SELECT seq, COALESCE(SUM(len) OVER (ORDER BY seq \
                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
-                       FROM (SELECT room, seq, id, sender, event, ts, data FROM messages \
-                             WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3) \
-                     ) WHERE before < ?4 ORDER BY seq",
+                         FROM (SELECT seq, octet_length(data) AS len FROM messages \
+                               WHERE room = ?1 AND seq > ?2 ORDER BY seq LIMIT ?3) \
+                       ) WHERE before < ?4) \
+                     ORDER BY seq",
                 )
                 .bind(room)
                 .bind(after)
@@ -73,13 +78,15 @@ impl Store {
             }
             Backend::Postgres(postgres) => {
                 sqlx::query_as(
-                    "SELECT room, seq, id, sender, event, ts, data FROM ( \
-                       SELECT room, seq, id, sender, event, ts, data, \
-                         COALESCE(SUM(octet_length(data)) OVER (ORDER BY seq \
+                    "SELECT room, seq, id, sender, event, ts, data FROM messages \
+                     WHERE room = $1 AND seq > $2 AND seq <= ( \
+                       SELECT MAX(seq) FROM ( \
+                         SELECT seq, COALESCE(SUM(len) OVER (ORDER BY seq \
                            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS before \
-                       FROM (SELECT room, seq, id, sender, event, ts, data FROM messages \
-                             WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3) page \
-                     ) sized WHERE before < $4 ORDER BY seq",
+                         FROM (SELECT seq, octet_length(data) AS len FROM messages \
+                               WHERE room = $1 AND seq > $2 ORDER BY seq LIMIT $3) page \
+                       ) sized WHERE before < $4) \
+                     ORDER BY seq",
                 )
                 .bind(room)
                 .bind(after)

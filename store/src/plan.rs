@@ -74,7 +74,7 @@ pub(crate) fn plan<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomcast_schemas::{ENVELOPE_VERSION, EventId, EventName, RoomName};
+    use roomcast_schemas::{ENVELOPE_VERSION, EventId, EventName, RoomName, UserId};
     use serde_json::value::RawValue;
 
     fn event(room: &str, from: &str, id: &str) -> InboundEvent {
@@ -83,7 +83,7 @@ mod tests {
             id: EventId::new(id).unwrap(),
             room: RoomName::new(room).unwrap(),
             event: EventName::new("say").unwrap(),
-            from: from.to_owned(),
+            from: UserId::new(from).unwrap(),
             ts: 1,
             data: RawValue::from_string("{}".to_owned()).unwrap(),
         }

@@ -93,7 +93,7 @@ impl SqliteBackend {
                 "SELECT room, seq, id, sender, event, ts, data FROM messages \
                  WHERE sender = ?1 AND id = ?2",
             )
-            .bind(&event.from)
+            .bind(event.from.as_str())
             .bind(event.id.as_str())
             .fetch_optional(&mut *tx)
             .await?;

@@ -187,7 +187,7 @@ impl Handlers {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use roomcast_schemas::{ENVELOPE_VERSION, EventId, EventName, RoomName};
+    use roomcast_schemas::{ENVELOPE_VERSION, EventId, EventName, RoomName, UserId};
     use serde_json::value::RawValue;
 
     fn event(name: &str) -> InboundEvent {
@@ -196,7 +196,7 @@ mod tests {
             id: EventId::new("1").unwrap(),
             room: RoomName::new("r").unwrap(),
             event: EventName::new(name).unwrap(),
-            from: "u".into(),
+            from: UserId::new("u").unwrap(),
             ts: 0,
             data: RawValue::from_string("{}".into()).unwrap(),
         }

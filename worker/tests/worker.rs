@@ -370,6 +370,29 @@ async fn poison_payloads_are_dead_lettered_and_the_stream_moves_on() {
             serde_json::to_vec(&other_room).unwrap(),
             "differs from its broker key",
         ),
+        (
+            // A sender that passes for another user.
+            serde_json::to_string(&event(&room, "alice", "look-alike", "{}"))
+                .unwrap()
+                .replace(r#""alice""#, r#""ali\u200bce""#)
+                .into_bytes(),
+            "undecodable payload: user id must be",
+        ),
+        (
+            // Nested deeper than any gateway accepts: it would reach every member and replay.
+            serde_json::to_vec(&event(
+                &room,
+                "alice",
+                "deep",
+                &format!("{}{}", "[".repeat(10_000), "]".repeat(10_000)),
+            ))
+            .unwrap(),
+            "invalid event: `data` nests arrays and objects deeper than 100 levels",
+        ),
+        (
+            serde_json::to_vec(&event(&room, "alice", "lone", r#"{"t":"\ud800"}"#)).unwrap(),
+            "invalid event: `data` holds a string with an unpaired surrogate",
+        ),
     ];
     for (payload, _) in &poison {
         setup.publish_raw(&room, payload.clone()).await;

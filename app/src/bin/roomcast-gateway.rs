@@ -42,6 +42,8 @@ fn main() -> Result<()> {
         .gateway
         .listen_or(SocketAddr::from(([0, 0, 0, 0], 3000)));
     roomcast::logging::init();
+    let descriptors = roomcast_gateway::raise_descriptor_limit();
+    tracing::debug!(?descriptors, "open-file limit");
     let runtime = tokio::runtime::Runtime::new().context("starting the async runtime")?;
     runtime.block_on(async move {
         tracing::info!(broker = %roomcast_broker::redact_url(&cli.broker_url), "starting roomcast-gateway");

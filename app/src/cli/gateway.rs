@@ -7,8 +7,9 @@
 use clap::Args;
 use roomcast_gateway::auth::{AuthConfig, JwtAlgorithm, Minter, random_secret};
 use roomcast_gateway::config::{
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_USER, DEFAULT_MAX_FRAME_BYTES,
-    DEFAULT_MAX_ROOMS_PER_CONNECTION, DEFAULT_OUTBOUND_QUEUE, DEFAULT_REPLAY_BYTES, GatewayConfig,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_USER, DEFAULT_MAX_DATA_DEPTH,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_ROOMS_PER_CONNECTION, DEFAULT_OUTBOUND_QUEUE,
+    DEFAULT_REPLAY_BYTES, DEFAULT_REPLAY_READS, DEFAULT_REPLAYS_PER_USER, GatewayConfig,
 };
 use roomcast_gateway::limits::LimitsConfig;
 use std::net::SocketAddr;
@@ -158,6 +159,27 @@ pub struct GatewayArgs {
     /// Replay burst per connection.
     #[arg(long, env = "ROOMCAST_REPLAY_BURST", default_value_t = LimitsConfig::DEFAULT.replay_burst)]
     pub replay_burst: NonZeroU32,
+    /// `refresh` frames per minute per connection (refused ones count).
+    #[arg(long, env = "ROOMCAST_REFRESH_RATE", default_value_t = LimitsConfig::DEFAULT.refresh_per_min)]
+    pub refresh_rate: NonZeroU32,
+    /// Refresh burst per connection.
+    #[arg(long, env = "ROOMCAST_REFRESH_BURST", default_value_t = LimitsConfig::DEFAULT.refresh_burst)]
+    pub refresh_burst: NonZeroU32,
+    /// `refresh` frames per second per user, across all of the user's connections.
+    #[arg(long, env = "ROOMCAST_USER_REFRESH_RATE", default_value_t = LimitsConfig::DEFAULT.user_refresh_per_sec)]
+    pub user_refresh_rate: NonZeroU32,
+    /// Refresh burst per user.
+    #[arg(long, env = "ROOMCAST_USER_REFRESH_BURST", default_value_t = LimitsConfig::DEFAULT.user_refresh_burst)]
+    pub user_refresh_burst: NonZeroU32,
+    /// History pages read from the store at once, across all replays.
+    #[arg(long, env = "ROOMCAST_REPLAY_READS", default_value_t = DEFAULT_REPLAY_READS)]
+    pub replay_reads: usize,
+    /// Replays (joins with `since`, gap fills) of one user running at once.
+    #[arg(long, env = "ROOMCAST_REPLAYS_PER_USER", default_value_t = DEFAULT_REPLAYS_PER_USER)]
+    pub replays_per_user: usize,
+    /// Deepest nesting of arrays and objects in a publish's `data` (at most 100).
+    #[arg(long, env = "ROOMCAST_MAX_DATA_DEPTH", default_value_t = DEFAULT_MAX_DATA_DEPTH)]
+    pub max_data_depth: usize,
     /// A socket that accepts no write for this long is closed as a slow consumer (4008).
     #[arg(long, env = "ROOMCAST_WRITE_TIMEOUT", default_value = "10s", value_parser = humantime::parse_duration)]
     pub write_timeout: Duration,
@@ -213,7 +235,14 @@ impl GatewayArgs {
             join_burst: self.join_burst,
             replay_per_sec: self.replay_rate,
             replay_burst: self.replay_burst,
+            refresh_per_min: self.refresh_rate,
+            refresh_burst: self.refresh_burst,
+            user_refresh_per_sec: self.user_refresh_rate,
+            user_refresh_burst: self.user_refresh_burst,
         };
+        config.max_data_depth = self.max_data_depth;
+        config.replay_reads = self.replay_reads;
+        config.replays_per_user = self.replays_per_user;
         config.write_timeout = self.write_timeout;
         config.replay_bytes = self.replay_bytes;
         config.token_notice = self.token_notice;

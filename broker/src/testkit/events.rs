@@ -2,7 +2,7 @@
 
 use crate::Broker;
 use bytes::Bytes;
-use roomcast_schemas::{ENVELOPE_VERSION, EventId, EventName, InboundEvent, RoomName};
+use roomcast_schemas::{ENVELOPE_VERSION, EventId, EventName, InboundEvent, RoomName, UserId};
 use serde_json::value::RawValue;
 
 /// An inbound event (`say`, a fixed timestamp) with `data` given as JSON text.
@@ -12,7 +12,7 @@ pub fn inbound_event(room: &str, from: &str, id: &str, data: &str) -> InboundEve
         id: EventId::new(id).expect("a valid test id"),
         room: RoomName::new(room).expect("a valid test room"),
         event: EventName::new("say").expect("a valid event name"),
-        from: from.to_owned(),
+        from: UserId::new(from).expect("a valid test user"),
         ts: 1_700_000_000_000,
         data: RawValue::from_string(data.to_owned()).expect("test data is JSON"),
     }

@@ -111,8 +111,8 @@ impl Minter {
         rooms: &[String],
         ttl: Duration,
     ) -> Result<String, AuthConfigError> {
-        if sub.is_empty() {
-            return Err(AuthConfigError::new("sub must not be empty"));
+        if let Err(error) = UserId::new(sub) {
+            return Err(AuthConfigError::new(format!("invalid sub: {error}")));
         }
         if let Some(bad) = rooms.iter().find(|p| !is_room_pattern(p)) {
             return Err(AuthConfigError::new(format!(

@@ -8,11 +8,13 @@
 //! HMAC secret).
 //!
 //! Claims:
-//! - `exp` is required; `nbf` is honoured when present; both with [`AuthConfig::leeway_secs`]
-//!   of clock skew (default [`DEFAULT_LEEWAY_SECS`]).
+//! - `exp` is required; `nbf` is honoured when present; an `iat` in the future is refused
+//!   (`token_not_yet_valid`); all with [`AuthConfig::leeway_secs`] of clock skew (default
+//!   [`DEFAULT_LEEWAY_SECS`]).
 //! - `iss` and `aud` are checked only when configured, and are then required. Without a
 //!   configured audience an `aud` claim is ignored.
-//! - `sub` (a non-empty string) is the user id.
+//! - `sub` is the user id: a [`UserId`] (1–256 bytes, no leading or trailing white space, no
+//!   control, format or other invisible characters; see [`roomcast_schemas::names`]).
 //! - `rooms` is a list of room patterns (a room name, or a prefix followed by `*`, see
 //!   [`roomcast_schemas::names::room_matches`]); a missing `rooms` claim grants no room.
 //!
@@ -30,6 +32,7 @@ use axum::response::{IntoResponse, Response};
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use roomcast_schemas::UserId;
 use roomcast_schemas::names::{check_room, room_matches};
 use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
@@ -47,7 +50,7 @@ mod verify;
 
 pub use mint::{Minter, random_secret};
 pub use request::token_from_request;
-pub use verify::{MAX_SUB_LEN, Verifier};
+pub use verify::Verifier;
 
 /// Default leeway for `exp` and `nbf`, in seconds.
 pub const DEFAULT_LEEWAY_SECS: u64 = 5;
@@ -198,7 +201,7 @@ impl AuthConfig {
 #[derive(Debug, Clone)]
 pub struct Claims {
     /// User id.
-    pub sub: String,
+    pub sub: UserId,
     /// Room patterns the user may join and publish to.
     pub rooms: Vec<String>,
     /// Expiry, seconds since the epoch.
@@ -227,7 +230,7 @@ pub enum AuthError {
     /// `exp` is in the past (beyond the leeway).
     #[error("token has expired")]
     TokenExpired,
-    /// `nbf` is in the future (beyond the leeway).
+    /// `nbf` or `iat` is in the future (beyond the leeway).
     #[error("token is not valid yet")]
     TokenNotYetValid,
     /// `aud` is missing or does not name this deployment.
@@ -236,10 +239,10 @@ pub enum AuthError {
     /// `iss` is missing or not the configured issuer.
     #[error("token issuer is not accepted")]
     InvalidIssuer,
-    /// Required claims missing or malformed: `exp`, `sub` (a non-empty string) or `rooms` (a list
-    /// of room patterns).
+    /// Required claims missing or malformed: `exp`, `sub` (a [`UserId`]) or `rooms` (a list of
+    /// room patterns).
     #[error(
-        "invalid token claims: `exp` must be a number, `sub` a non-empty string and `rooms` a list of room patterns"
+        "invalid token claims: `exp` must be a number, `sub` a user id (1-256 bytes, no surrounding spaces, no control or invisible characters) and `rooms` a list of room patterns"
     )]
     InvalidClaims,
     /// The token lives longer (`exp` − `iat`) than the configured maximum, or has no `iat`
@@ -300,6 +303,13 @@ impl IntoResponse for AuthError {
         let challenge = [(WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"))];
         (self.status(), challenge, axum::Json(body)).into_response()
     }
+}
+
+/// Seconds since the Unix epoch (0 if the clock is before 1970).
+fn unix_now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |elapsed| elapsed.as_secs())
 }
 
 /// Configuration that cannot work.

@@ -2,15 +2,6 @@
 
 use super::*;
 
-/// Longest accepted `sub`, in bytes.
-pub const MAX_SUB_LEN: usize = 256;
-
-/// Whether `sub` can be a user id: 1–[`MAX_SUB_LEN`] bytes without control characters (it
-/// appears as `from` in every message the user publishes, and in logs).
-fn is_user_id(sub: &str) -> bool {
-    !sub.is_empty() && sub.len() <= MAX_SUB_LEN && !sub.chars().any(char::is_control)
-}
-
 /// Verifies tokens with the configured algorithm and key.
 #[derive(Clone)]
 pub struct Verifier {
@@ -171,8 +162,9 @@ impl Verifier {
             })?;
         let wire = data.claims;
 
+        // `sub` appears as `from` in every message the user publishes, and in logs.
         let sub = match wire.sub {
-            Some(Loose::Good(sub)) if is_user_id(&sub) => sub,
+            Some(Loose::Good(sub)) => UserId::new(sub).map_err(|_| AuthError::InvalidClaims)?,
             _ => return Err(AuthError::InvalidClaims),
         };
         let rooms = match wire.rooms {
@@ -189,6 +181,11 @@ impl Verifier {
             None => None,
             Some(date) => Some(date.seconds().ok_or(AuthError::InvalidClaims)?),
         };
+        // A token cannot be issued in the future: an `iat` ahead of the clock would also
+        // shorten its apparent lifetime (`exp` − `iat`) under a configured maximum.
+        if iat.is_some_and(|iat| iat > unix_now().saturating_add(inner.validation.leeway)) {
+            return Err(AuthError::TokenNotYetValid);
+        }
         Ok(Claims {
             sub,
             rooms,

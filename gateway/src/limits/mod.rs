@@ -1,9 +1,9 @@
 //! Rate limits (governor's GCRA): per connection, per user and per client IP.
 //!
-//! - Every connection has its own direct limiters for publishes, for joins and leaves, and for
-//!   joins with `since` (history replays) ([`ConnectionLimits`]).
-//! - Every user has one limiter shared by all of the user's connections on this gateway,
-//!   keyed by user id.
+//! - Every connection has its own direct limiters for publishes, for joins and leaves, for
+//!   joins with `since` (history replays) and for `refresh` ([`ConnectionLimits`]).
+//! - Every user has a publish limiter and a refresh limiter shared by all of the user's
+//!   connections on this gateway, keyed by user id.
 //! - Every client IP has a limiter for WebSocket handshakes.
 //!
 //! A refusal is a [`RateLimited`] whose `retry_after` is the time until the request would
@@ -55,6 +55,16 @@ pub struct LimitsConfig {
     pub replay_per_sec: NonZeroU32,
     /// Replay burst per connection. Default 100.
     pub replay_burst: NonZeroU32,
+    /// `refresh` frames per minute per connection, refused ones included (each is a full
+    /// signature check). Default 6.
+    pub refresh_per_min: NonZeroU32,
+    /// Refresh burst per connection. Default 3.
+    pub refresh_burst: NonZeroU32,
+    /// `refresh` frames per second per user, across all of the user's connections. Default 10.
+    pub user_refresh_per_sec: NonZeroU32,
+    /// Refresh burst per user; enough for every connection of a user to refresh at once
+    /// (`max_connections_per_user`'s default). Default 100.
+    pub user_refresh_burst: NonZeroU32,
 }
 
 /// `n` as a `NonZeroU32`, checked at compile time.
@@ -78,6 +88,10 @@ impl LimitsConfig {
         join_burst: nz(100),
         replay_per_sec: nz(2),
         replay_burst: nz(100),
+        refresh_per_min: nz(6),
+        refresh_burst: nz(3),
+        user_refresh_per_sec: nz(10),
+        user_refresh_burst: nz(100),
     };
 
     fn connection_quota(&self) -> Quota {
@@ -90,6 +104,14 @@ impl LimitsConfig {
 
     fn replay_quota(&self) -> Quota {
         Quota::per_second(self.replay_per_sec).allow_burst(self.replay_burst)
+    }
+
+    fn refresh_quota(&self) -> Quota {
+        Quota::per_minute(self.refresh_per_min).allow_burst(self.refresh_burst)
+    }
+
+    fn user_refresh_quota(&self) -> Quota {
+        Quota::per_second(self.user_refresh_per_sec).allow_burst(self.user_refresh_burst)
     }
 
     fn user_quota(&self) -> Quota {
@@ -144,6 +166,7 @@ impl fmt::Debug for Limits {
         f.debug_struct("Limits")
             .field("config", &self.shared.config)
             .field("tracked_users", &self.shared.users.len())
+            .field("tracked_refreshers", &self.shared.user_refreshes.len())
             .field("tracked_ips", &self.shared.ips.len())
             .finish()
     }
@@ -219,6 +242,12 @@ impl ConnectionLimits {
     pub fn check_join(&self, replay: bool) -> Result<(), RateLimited> {
         self.conn.check_join(replay)
     }
+
+    /// Charges one `refresh` to this connection and to `user`, before its token is looked at:
+    /// a refused token costs a signature check too.
+    pub fn check_refresh(&self, limits: &Limits, user: &str) -> Result<(), RateLimited> {
+        self.conn.check_refresh(&limits.shared, user)
+    }
 }
 
 type DirectLimiter<C> =
@@ -232,7 +261,9 @@ struct GatewayLimiters<C: Clock> {
     connection_quota: Quota,
     join_quota: Quota,
     replay_quota: Quota,
+    refresh_quota: Quota,
     users: KeyedLimiter<Arc<str>, C>,
+    user_refreshes: KeyedLimiter<Arc<str>, C>,
     ips: KeyedLimiter<IpAddr, C>,
     clock: C,
 }
@@ -244,7 +275,12 @@ impl<C: Clock + Clone> GatewayLimiters<C> {
             connection_quota: config.connection_quota(),
             join_quota: config.join_quota(),
             replay_quota: config.replay_quota(),
+            refresh_quota: config.refresh_quota(),
             users: RateLimiter::dashmap_with_clock(config.user_quota(), clock.clone()),
+            user_refreshes: RateLimiter::dashmap_with_clock(
+                config.user_refresh_quota(),
+                clock.clone(),
+            ),
             ips: RateLimiter::dashmap_with_clock(config.handshake_quota(), clock.clone()),
             clock,
         }
@@ -261,6 +297,7 @@ impl<C: Clock + Clone> GatewayLimiters<C> {
             limiter: RateLimiter::direct_with_clock(self.connection_quota, self.clock.clone()),
             joins: RateLimiter::direct_with_clock(self.join_quota, self.clock.clone()),
             replays: RateLimiter::direct_with_clock(self.replay_quota, self.clock.clone()),
+            refreshes: RateLimiter::direct_with_clock(self.refresh_quota, self.clock.clone()),
             user: OnceLock::new(),
         }
     }
@@ -268,6 +305,8 @@ impl<C: Clock + Clone> GatewayLimiters<C> {
     fn housekeep(&self) {
         self.users.retain_recent();
         self.users.shrink_to_fit();
+        self.user_refreshes.retain_recent();
+        self.user_refreshes.shrink_to_fit();
         self.ips.retain_recent();
         self.ips.shrink_to_fit();
     }
@@ -278,6 +317,7 @@ struct ConnectionCore<C: Clock> {
     limiter: DirectLimiter<C>,
     joins: DirectLimiter<C>,
     replays: DirectLimiter<C>,
+    refreshes: DirectLimiter<C>,
     user: OnceLock<Arc<str>>,
 }
 
@@ -298,13 +338,31 @@ impl<C: Clock> ConnectionCore<C> {
         self.limiter
             .check()
             .map_err(|not_until| limited(&not_until, self.limiter.clock()))?;
+        self.check_user(&shared.users, &shared.clock, user)
+    }
+
+    fn check_refresh(&self, shared: &GatewayLimiters<C>, user: &str) -> Result<(), RateLimited> {
+        self.refreshes
+            .check()
+            .map_err(|not_until| limited(&not_until, self.refreshes.clock()))?;
+        self.check_user(&shared.user_refreshes, &shared.clock, user)
+    }
+
+    /// Charges `user`'s key in `limiter`, without allocating a key for the connection's own
+    /// user after the first call.
+    fn check_user(
+        &self,
+        limiter: &KeyedLimiter<Arc<str>, C>,
+        clock: &C,
+        user: &str,
+    ) -> Result<(), RateLimited> {
         let key = self.user.get_or_init(|| Arc::from(user));
         let outcome = if **key == *user {
-            shared.users.check_key(key)
+            limiter.check_key(key)
         } else {
-            shared.users.check_key(&Arc::from(user))
+            limiter.check_key(&Arc::from(user))
         };
-        outcome.map_err(|not_until| limited(&not_until, &shared.clock))
+        outcome.map_err(|not_until| limited(&not_until, clock))
     }
 }
 

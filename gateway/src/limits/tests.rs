@@ -265,3 +265,40 @@ fn joins_and_replays_are_limited_per_connection() {
     conn.check_join(true)
         .expect("replay allowed again after a second");
 }
+
+#[test]
+fn refreshes_are_limited_per_connection_and_per_user() {
+    // Per connection: 6/min (one every 10 s), burst 3; per user: 10/s, burst 4.
+    let config = LimitsConfig {
+        user_refresh_burst: nz(4),
+        ..LimitsConfig::DEFAULT
+    };
+    let (shared, clock) = fake(&config);
+    let a = shared.connection();
+    for i in 0..3 {
+        a.check_refresh(&shared, "alice")
+            .unwrap_or_else(|e| panic!("refresh {i}: {e}"));
+    }
+    let refused = a.check_refresh(&shared, "alice").unwrap_err();
+    assert!(
+        refused.retry_after > 9 * 1000 * MS && refused.retry_after <= 10 * 1000 * MS,
+        "{refused:?}"
+    );
+    // Another connection of the same user has its own allowance, but the user's burst (4)
+    // is one away: it gets one refresh, then the user limit answers (100 ms a cell).
+    let b = shared.connection();
+    b.check_refresh(&shared, "alice")
+        .expect("the user's last cell");
+    let by_user = b.check_refresh(&shared, "alice").unwrap_err();
+    assert!(by_user.retry_after <= 100 * MS, "{by_user:?}");
+    // Other users are not affected; publishes are counted apart.
+    shared
+        .connection()
+        .check_refresh(&shared, "bob")
+        .expect("bob refreshes");
+    a.check_publish(&shared, "alice")
+        .expect("publishes still go");
+    clock.advance(refused.retry_after);
+    a.check_refresh(&shared, "alice")
+        .expect("a cell back after 10 s");
+}

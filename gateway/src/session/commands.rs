@@ -212,6 +212,20 @@ impl Session {
     /// `refresh`: a new token for the same user, verified like the handshake's; its `rooms`
     /// then apply, and joined rooms it no longer allows are left.
     async fn refresh(&mut self, token: &AccessToken) {
+        // Charged before the signature check, so that refused tokens count too.
+        if let Err(limited) = self
+            .limiter
+            .check_refresh(&self.gateway.limits, &self.claims.sub)
+        {
+            self.queue_error(ServerFrame::Error {
+                code: ErrorCode::RateLimited,
+                id: None,
+                room: None,
+                message: "too many refreshes; retry later".to_owned(),
+                retry_after_ms: Some(limited.retry_after_ms().max(1)),
+            });
+            return;
+        }
         let claims = match self.gateway.verify(token.expose()) {
             Ok(claims) => claims,
             Err(err) => {

@@ -143,6 +143,9 @@ impl Session {
     /// `history_page` messages or `replay_bytes` of payload (plus one message), and a page is
     /// written (and flushed, within the write deadline) before the next is read: a replay
     /// holds about `replay_bytes` per connection.
+    ///
+    /// A replay waits for its user's turn, and reads each page under a store-read permit that
+    /// it gives back before writing the page (see [`crate::replay`]).
     pub(super) async fn catch_up<T: Transport>(
         &mut self,
         transport: &mut T,
@@ -151,6 +154,8 @@ impl Session {
     ) -> Result<(), End> {
         let page = self.gateway.config.history_page;
         let budget = self.gateway.config.replay_bytes;
+        let replays = self.gateway.replays.clone();
+        let _turn = replays.turn(self.claims.sub.as_arc()).await;
         loop {
             let Some(last) = self.delivery.last(room) else {
                 return Ok(());
@@ -158,6 +163,7 @@ impl Session {
             if target.is_some_and(|target| last >= target) {
                 return Ok(());
             }
+            let read = replays.read().await;
             let store = &self.gateway.store;
             let messages = match store.history_within(room, last, page, budget).await {
                 Ok(messages) => messages,
@@ -177,6 +183,7 @@ impl Session {
                 self.out.push(Utf8Bytes::from(message.to_frame_json()));
                 delivered = message.seq;
             }
+            drop(read);
             self.delivery.set(room, delivered);
             if delivered == last {
                 return Ok(());

@@ -52,9 +52,10 @@ mod tests;
 pub(crate) use transport::{Close, Gone, Incoming, Transport};
 
 use crate::auth::Claims;
+use crate::connections::ConnectionGuard;
 use crate::limits::ConnectionLimits;
 use crate::outbound::{ConnId, MemberHandle, Outbound, OutboundRx, Received};
-use crate::server::{ConnectionGuard, GatewayState};
+use crate::server::GatewayState;
 use axum::extract::ws::Utf8Bytes;
 use delivery::Delivery;
 use publish::Publishes;

@@ -14,7 +14,8 @@ use futures_util::StreamExt;
 use futures_util::stream::FuturesOrdered;
 use roomcast_broker::BrokerError;
 use roomcast_schemas::{
-    ENVELOPE_VERSION, ErrorCode, EventId, EventName, InboundEvent, RoomName, ServerFrame, now_ms,
+    ENVELOPE_VERSION, ErrorCode, EventId, EventName, InboundEvent, RoomName, ServerFrame,
+    check_data, now_ms,
 };
 use serde_json::value::RawValue;
 use std::future::Future;
@@ -86,6 +87,15 @@ impl Session {
                 Some(&id),
                 Some(&room),
                 "join the room before publishing to it",
+            ));
+            return Ok(());
+        }
+        if let Err(error) = check_data(data.get(), self.gateway.config.max_data_depth) {
+            self.queue_error(room_error(
+                ErrorCode::InvalidFrame,
+                Some(&id),
+                Some(&room),
+                format!("invalid frame: {error}"),
             ));
             return Ok(());
         }

@@ -8,7 +8,7 @@ use crate::config::GatewayConfig;
 use crate::outbound::RoomMessage;
 use crate::server::Gateway;
 use roomcast_broker::{Broker, EmbeddedBroker, EventConsumer, GatewayLink};
-use roomcast_schemas::{EventId, EventName, FanoutMessage, InboundEvent, RoomName, now_ms};
+use roomcast_schemas::{EventId, EventName, FanoutMessage, InboundEvent, RoomName, UserId, now_ms};
 use roomcast_store::Store;
 use serde_json::Value;
 use serde_json::value::RawValue;
@@ -102,7 +102,7 @@ async fn env(adjust: impl FnOnce(&mut GatewayConfig)) -> Env {
 
 fn claims(sub: &str, rooms: &[&str], ttl: Duration) -> Claims {
     Claims {
-        sub: sub.to_owned(),
+        sub: UserId::new(sub).unwrap(),
         rooms: rooms.iter().map(|r| (*r).to_owned()).collect(),
         exp: now_ms() / 1000 + ttl.as_secs(),
         iat: Some(now_ms() / 1000),
@@ -165,7 +165,7 @@ fn connect(env: &Env, claims: Claims) -> Client {
         stuck: stuck.clone(),
     };
     let state = env.gateway.shared.clone();
-    let guard = state.admit(&claims.sub).ok().expect("under the caps");
+    let guard = state.admit(&claims.sub, None).ok().expect("under the caps");
     let task = tokio::spawn(serve(transport, state, claims, 1, guard));
     Client {
         tx,
@@ -186,7 +186,7 @@ async fn store_events(store: &Store, room: &str, count: usize, size: usize) -> V
             id: EventId::new(format!("e-{}", NEXT_ID.fetch_add(1, Ordering::Relaxed))).unwrap(),
             room: RoomName::new(room).unwrap(),
             event: EventName::new("chat").unwrap(),
-            from: "bob".to_owned(),
+            from: UserId::new("bob").unwrap(),
             ts: now_ms(),
             data: RawValue::from_string(text.clone()).unwrap(),
         })
@@ -507,7 +507,7 @@ async fn a_connection_future_stays_small() {
     };
     let state = env.gateway.shared.clone();
     let claims = claims("ann", &["*"], Duration::from_secs(60));
-    let guard = state.admit(&claims.sub).ok().expect("under the caps");
+    let guard = state.admit(&claims.sub, None).ok().expect("under the caps");
     let future = serve(transport, state, claims, 1, guard);
     let size = std::mem::size_of_val(&future);
     assert!(size <= 2560, "the session future takes {size} bytes");

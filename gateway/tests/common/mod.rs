@@ -33,6 +33,25 @@ pub(crate) const SECRET: &str = "roomcast-test-secret-0123456789abcdef";
 /// How long a test waits for any expected frame.
 pub(crate) const WAIT: Duration = Duration::from_secs(15);
 
+/// Seconds since the Unix epoch.
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// A token with exactly `claims`, signed with the test apps' secret (for claims that the
+/// minter refuses to write).
+pub(crate) fn signed(claims: &Value) -> String {
+    jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        claims,
+        &jsonwebtoken::EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap()
+}
+
 /// A fresh random room name.
 pub(crate) fn room() -> String {
     format!("room-{}", uuid::Uuid::new_v4().simple())
@@ -201,11 +220,13 @@ impl TestApp {
 
     /// A plain `GET path` (HTTP/1.1, `Connection: close`): status, headers text, body.
     pub(crate) async fn get(&self, path: &str) -> HttpReply {
+        self.get_for_host(path, &self.addr.to_string()).await
+    }
+
+    /// `GET path` with `host` as the `Host` header.
+    pub(crate) async fn get_for_host(&self, path: &str, host: &str) -> HttpReply {
         let mut stream = TcpStream::connect(self.addr).await.unwrap();
-        let request = format!(
-            "GET {path} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            self.addr
-        );
+        let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
         stream.write_all(request.as_bytes()).await.unwrap();
         let mut raw = Vec::new();
         tokio::time::timeout(WAIT, stream.read_to_end(&mut raw))
@@ -532,4 +553,16 @@ pub(crate) fn publish_frame(id: &str, room: &str, data: &Value) -> ClientFrame {
         event: EventName::new("msg").expect("valid event"),
         data: serde_json::value::to_raw_value(data).expect("JSON"),
     }
+}
+
+/// Waits (up to [`WAIT`]) until `done` holds; the gateway exposes no event for what these
+/// tests watch, only counters.
+pub(crate) async fn wait_until(done: impl Fn() -> bool) {
+    tokio::time::timeout(WAIT, async {
+        while !done() {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the gateway's counters reach the expected state");
 }

@@ -1,7 +1,7 @@
 //! Helpers shared by the store's integration tests.
 #![allow(dead_code, unreachable_pub)]
 
-use roomcast_schemas::{ENVELOPE_VERSION, EventId, EventName, InboundEvent, RoomName};
+use roomcast_schemas::{ENVELOPE_VERSION, EventId, EventName, InboundEvent, RoomName, UserId};
 use serde_json::value::RawValue;
 
 // A crate's own integration tests cannot turn on its `testkit` feature: compile the module here.
@@ -30,7 +30,7 @@ pub fn event(room: &str, from: &str, id: &str, data: &str) -> InboundEvent {
         id: EventId::new(id).unwrap(),
         room: RoomName::new(room).unwrap(),
         event: EventName::new("say").unwrap(),
-        from: from.to_owned(),
+        from: UserId::new(from).unwrap(),
         ts: 1_700_000_000_000,
         data: RawValue::from_string(data.to_owned()).expect("test data is JSON"),
     }

@@ -1,7 +1,8 @@
 //! Decoding and checking an inbound delivery; a failure is the reason of its dead letter.
 
 use roomcast_broker::Delivery;
-use roomcast_schemas::{ENVELOPE_VERSION, InboundEvent};
+use roomcast_schemas::data::MAX_DATA_DEPTH;
+use roomcast_schemas::{ENVELOPE_VERSION, InboundEvent, check_data};
 
 /// Decodes and validates a delivery's payload; the error is the dead letter's reason.
 pub(super) fn decode(delivery: &Delivery) -> Result<InboundEvent, String> {
@@ -9,8 +10,8 @@ pub(super) fn decode(delivery: &Delivery) -> Result<InboundEvent, String> {
 }
 
 /// Decodes and checks an inbound event published under broker key `key`; the error is the
-/// dead-letter reason. Decoding checks the names (an invalid room, event name or id is an
-/// undecodable payload); the sender, the version and the key are checked here.
+/// dead-letter reason. Decoding checks the names (an invalid room, event name, id or sender is
+/// an undecodable payload); the version and the key are checked here.
 pub(crate) fn decode_event(key: &str, payload: &[u8]) -> Result<InboundEvent, String> {
     let event: InboundEvent =
         serde_json::from_slice(payload).map_err(|error| format!("undecodable payload: {error}"))?;
@@ -20,9 +21,10 @@ pub(crate) fn decode_event(key: &str, payload: &[u8]) -> Result<InboundEvent, St
             event.v
         ));
     }
-    if event.from.is_empty() || event.from.chars().any(char::is_control) {
-        return Err("invalid event: `from` is empty or holds control characters".to_owned());
-    }
+    // What a gateway refuses to accept, another producer may have sent: it would reach every
+    // member and every replay.
+    check_data(event.data.get(), MAX_DATA_DEPTH)
+        .map_err(|error| format!("invalid event: {error}"))?;
     if event.room != key {
         return Err(format!(
             "the event's room `{}` differs from its broker key `{key}`",
