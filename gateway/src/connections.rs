@@ -8,7 +8,10 @@
 //!   holds the next connections: nothing spins, and no descriptor is spent on them.
 //! - A session is admitted while the accepted connections, its own included, are at most
 //!   `max_connections`: the reserve above it answers health checks and refusals (HTTP 503),
-//!   never sessions. The same cap applies to sessions on a router served some other way.
+//!   never sessions. A connection accepted into the reserve gets at most
+//!   [`RESERVE_HEADER_TIMEOUT`] for its headers, so that connections which send nothing cannot
+//!   hold the reserve for long: a health check sends its request at once. The same cap applies
+//!   to sessions on a router served some other way.
 //! - The descriptor limit bounds the slots too: [`serve`](crate::serve) keeps
 //!   [`FD_HEADROOM`] descriptors for the store, the broker and logs, so that accepting never
 //!   runs out of descriptors and the health endpoints stay answerable.
@@ -17,10 +20,13 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Connections accepted beyond `max_connections`, to answer health checks and refusals.
 pub(crate) const HEALTH_RESERVE: usize = 32;
+/// The header-read timeout of a connection accepted into the reserve.
+pub(crate) const RESERVE_HEADER_TIMEOUT: Duration = Duration::from_secs(1);
 /// Descriptors the accept loop leaves to everything else (store, broker, logs, the runtime).
 pub(crate) const FD_HEADROOM: usize = 128;
 
@@ -123,6 +129,11 @@ impl ConnectionCounts {
     /// Accepted connections of every kind.
     pub(crate) fn accepted(&self) -> usize {
         self.accepted.load(Ordering::Acquire)
+    }
+
+    /// Whether the connections accepted now reach into the reserve above the session cap.
+    pub(crate) fn in_reserve(&self) -> bool {
+        self.accepted() > self.session_limit.load(Ordering::Acquire)
     }
 }
 

@@ -7,7 +7,7 @@
 //! before it. HTTP/2 without TLS (h2c) is not offered: WebSocket upgrades are HTTP/1.1, and an
 //! h2c connection would have no header-read timeout at all.
 
-use crate::connections::{ConnectionCounts, FD_HEADROOM, HEALTH_RESERVE};
+use crate::connections::{ConnectionCounts, FD_HEADROOM, HEALTH_RESERVE, RESERVE_HEADER_TIMEOUT};
 use crate::error::GatewayError;
 use crate::server::Gateway;
 use axum::extract::ConnectInfo;
@@ -53,6 +53,8 @@ pub async fn serve(
     builder
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout);
+    let mut reserve = builder.clone();
+    reserve.header_read_timeout(config.header_read_timeout.min(RESERVE_HEADER_TIMEOUT));
     let router = gateway.router();
     let connections = TaskTracker::new();
     let stop = CancellationToken::new();
@@ -87,6 +89,11 @@ pub async fn serve(
             request.extensions_mut().insert(slot.clone());
             router.clone().oneshot(request)
         });
+        let builder = if counts.in_reserve() {
+            &reserve
+        } else {
+            &builder
+        };
         let connection = builder
             .serve_connection(TokioIo::new(tcp), service)
             .with_upgrades();

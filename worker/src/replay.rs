@@ -370,7 +370,11 @@ mod tests {
         assert!(decode("lobby", old).unwrap_err().contains("version 9"));
         let anonymous =
             br#"{"v":1,"id":"e1","room":"lobby","event":"say","from":"","ts":5,"data":1}"#;
-        assert!(decode("lobby", anonymous).unwrap_err().contains("`from`"));
+        assert!(
+            decode("lobby", anonymous)
+                .unwrap_err()
+                .contains("user id must be")
+        );
     }
 
     #[tokio::test]
