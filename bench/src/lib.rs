@@ -13,7 +13,9 @@
 //! Scenarios: [`fanout`] (one publisher, many subscribers: deliveries per second and per server
 //! CPU-second, publish→receive latency, lost and duplicated messages), [`connections`] (idle
 //! authenticated connections: handshakes per second, server memory per connection) and
-//! [`ingest`] (publishers at full speed: acknowledged publishes per second, ack latency).
+//! [`ingest`] (publishers at full speed: acknowledged publishes per second, ack latency) and
+//! [`storm`] (a crowd of history replays: another user's publish and join latency, quiet and
+//! under the storm).
 //! Server CPU time and memory come from `/proc` ([`procfs`]). [`suite`] runs a scenario against
 //! several targets several times and writes a [`report::Report`] (JSON); [`svg`] draws it.
 
@@ -31,6 +33,7 @@ pub mod protocol;
 pub mod report;
 pub mod server;
 pub mod stats;
+pub mod storm;
 pub mod suite;
 pub mod svg;
 

@@ -16,6 +16,7 @@ use roomcast_bench::fanout::FanoutParams;
 use roomcast_bench::ingest::IngestParams;
 use roomcast_bench::report::Report;
 use roomcast_bench::server::{Backend, Launcher};
+use roomcast_bench::storm::StormArgs;
 use roomcast_bench::suite::{Scenario, SuiteOptions, run_suite};
 use roomcast_bench::{Target, svg};
 use std::net::SocketAddr;
@@ -103,6 +104,14 @@ enum Command {
         /// Payload size in bytes.
         #[arg(long, default_value_t = 100)]
         payload_bytes: usize,
+    },
+    /// Replay storm: another user's publish and small-room join, quiet and under a crowd of
+    /// `since=0` joiners that never read (Roomcast only).
+    ReplayStorm {
+        #[command(flatten)]
+        common: Common,
+        #[command(flatten)]
+        storm: StormArgs,
     },
     /// Durable publishes straight into a broker through Roomcast's broker client, no gateway:
     /// the broker's own rate, the reference for `ingest` on that broker.
@@ -490,6 +499,10 @@ async fn main() -> Result<()> {
                 drain_timeout: secs(common.drain_timeout),
             };
             suite(common, Scenario::Ingest(params)).await
+        }
+        Command::ReplayStorm { common, storm } => {
+            let params = storm.params(common.client(ClientConfig::default()), !common.quiet);
+            suite(common, Scenario::ReplayStorm(params)).await
         }
         Command::BareServer {
             listen,

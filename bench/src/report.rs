@@ -489,6 +489,16 @@ impl Report {
                 "lost",
                 "duplicated",
             ],
+            "replay-storm" => vec![
+                "quiet_publish_p50_ms",
+                "quiet_publish_p99_ms",
+                "storm_publish_p50_ms",
+                "storm_publish_p99_ms",
+                "quiet_join_p50_ms",
+                "storm_join_p50_ms",
+                "storm_join_max_ms",
+                "storm_opened",
+            ],
             _ => Vec::new(),
         }
     }

@@ -10,6 +10,7 @@ use crate::ingest::{self, IngestParams};
 use crate::protocol::Target;
 use crate::report::{Machine, Metrics, Report, RunRecord, Versions, fmt_num};
 use crate::server::Launcher;
+use crate::storm::{self, StormParams};
 use serde::Serialize;
 use std::collections::BTreeMap;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,6 +24,8 @@ pub enum Scenario {
     Connections(ConnectionsParams),
     /// Full-speed publishers.
     Ingest(IngestParams),
+    /// A crowd of history replays.
+    ReplayStorm(StormParams),
 }
 
 fn encode<R: Serialize + Metrics>(result: R) -> (serde_json::Value, BTreeMap<String, f64>) {
@@ -38,12 +41,13 @@ fn encode<R: Serialize + Metrics>(result: R) -> (serde_json::Value, BTreeMap<Str
 }
 
 impl Scenario {
-    /// `fanout`, `connections` or `ingest`.
+    /// `fanout`, `connections`, `ingest` or `replay-storm`.
     pub fn name(&self) -> &'static str {
         match self {
             Scenario::Fanout(_) => "fanout",
             Scenario::Connections(_) => "connections",
             Scenario::Ingest(_) => "ingest",
+            Scenario::ReplayStorm(_) => "replay-storm",
         }
     }
 
@@ -67,6 +71,12 @@ impl Scenario {
                 "publishers": p.publishers, "inflight": p.inflight, "duration_secs": secs(p.duration),
                 "warmup_secs": secs(p.warmup), "payload_bytes": p.payload_bytes, "source_ips": p.source_ips,
             }),
+            Scenario::ReplayStorm(p) => serde_json::json!({
+                "history": p.history, "history_bytes": p.history_bytes, "small_history": p.small_history,
+                "storm_users": p.storm_users, "storm_connections": p.storm_connections,
+                "storm_hold_secs": secs(p.storm_hold), "duration_secs": secs(p.duration),
+                "probe_rate": p.probe_rate, "join_every_secs": secs(p.join_every),
+            }),
         }
     }
 
@@ -79,6 +89,7 @@ impl Scenario {
             Scenario::Fanout(p) => encode(fanout::run(endpoint, p).await?),
             Scenario::Connections(p) => encode(connections::run(endpoint, p).await?),
             Scenario::Ingest(p) => encode(ingest::run(endpoint, p).await?),
+            Scenario::ReplayStorm(p) => encode(storm::run(endpoint, p).await?),
         })
     }
 }

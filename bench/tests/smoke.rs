@@ -12,6 +12,7 @@ use roomcast_bench::connections::{self, ConnectionsParams};
 use roomcast_bench::fanout::{self, FanoutParams};
 use roomcast_bench::ingest::{self, IngestParams};
 use roomcast_bench::server::{Launcher, RunningServer};
+use roomcast_bench::storm::{self, StormParams};
 use roomcast_bench::suite::{Scenario, SuiteOptions, run_suite};
 use roomcast_bench::{Target, svg};
 use std::path::{Path, PathBuf};
@@ -200,6 +201,38 @@ async fn ingest_smoke(target: Target) {
     assert_eq!(result.disconnected, 0, "{:?}", result.first_disconnect);
     assert_eq!(result.seq_breaks, 0, "{result:?}");
     assert!(result.ack_latency.count > 0, "{result:?}");
+    stop(server).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replay_storm_roomcast() {
+    let server = start(Target::Roomcast).await;
+    let endpoint = server.endpoint().expect("endpoint");
+    let params = StormParams {
+        history: 200,
+        history_bytes: 2000,
+        small_history: 5,
+        storm_users: 2,
+        storm_connections: 5,
+        storm_hold: Duration::from_millis(500),
+        duration: Duration::from_secs(2),
+        join_every: Duration::from_millis(200),
+        ..StormParams::default()
+    };
+    let result = storm::run(&endpoint, &params)
+        .await
+        .unwrap_or_else(|err| panic!("replay-storm: {err}"));
+    for phase in [&result.quiet, &result.storm] {
+        assert!(phase.publish_echo.count > 0, "{result:?}");
+        assert!(phase.small_join.count > 0, "{result:?}");
+        assert_eq!(
+            (phase.publish_missing, phase.small_join_failed),
+            (0, 0),
+            "{result:?}"
+        );
+    }
+    assert_eq!(result.quiet.storm_opened, 0, "{result:?}");
+    assert!(result.storm.storm_opened >= 10, "{result:?}");
     stop(server).await;
 }
 
