@@ -68,4 +68,7 @@ suite connections-19000-bare4k connections --targets roomcast,bare --bare-buffer
 # Ingest: 16 publishers, 32 publishes in flight each.
 suite ingest-16x32 ingest --targets $all --publishers 16 --inflight 32 --duration 20 --warmup 2
 
+# Replay storm: 200 since=0 joiners that never read, against another user's publish and join.
+suite replay-storm replay-storm --targets roomcast
+
 for f in "$out"/*.json; do "$bench" table "$f"; done

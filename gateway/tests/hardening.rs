@@ -4,8 +4,8 @@
 
 mod common;
 
-use common::{TestApp, now, room, signed, wait_until};
-use roomcast_schemas::{AccessToken, ClientFrame, ErrorCode, ServerFrame};
+use common::{TestApp, now, refresh, room, signed, wait_until};
+use roomcast_schemas::{ClientFrame, ErrorCode, ServerFrame};
 use serde_json::{Value, json};
 use std::time::Duration;
 
@@ -17,12 +17,6 @@ async fn refused(app: &TestApp, token: &str) -> Value {
         .expect("refused");
     assert_eq!(status, 401, "{body}");
     body
-}
-
-fn refresh(token: String) -> ClientFrame {
-    ClientFrame::Refresh {
-        token: AccessToken::new(token),
-    }
 }
 
 #[tokio::test]

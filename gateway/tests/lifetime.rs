@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{TestApp, WAIT, nz, room, wait_until};
+use common::{TestApp, WAIT, nz, refresh, room, wait_until};
 use roomcast_gateway::auth::{AuthConfig, Minter};
-use roomcast_schemas::{AccessToken, ClientFrame, ErrorCode, RoomName, ServerFrame};
+use roomcast_schemas::{ClientFrame, ErrorCode, RoomName, ServerFrame};
 use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -23,12 +23,6 @@ fn token_for(sub: &str, rooms: &[&str], ttl: Duration) -> String {
     Minter::hs256(common::SECRET.as_bytes())
         .mint(sub, &rooms, ttl)
         .unwrap()
-}
-
-fn refresh(token: String) -> ClientFrame {
-    ClientFrame::Refresh {
-        token: AccessToken::new(token),
-    }
 }
 
 #[tokio::test]

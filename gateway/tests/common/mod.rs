@@ -52,6 +52,13 @@ pub(crate) fn signed(claims: &Value) -> String {
     .unwrap()
 }
 
+/// A `refresh` frame carrying `token`.
+pub(crate) fn refresh(token: String) -> ClientFrame {
+    ClientFrame::Refresh {
+        token: roomcast_schemas::AccessToken::new(token),
+    }
+}
+
 /// A fresh random room name.
 pub(crate) fn room() -> String {
     format!("room-{}", uuid::Uuid::new_v4().simple())
