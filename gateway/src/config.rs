@@ -51,6 +51,9 @@ pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 pub const DEFAULT_REPLAY_READS: usize = 4;
 /// Default number of replays of one user running at once.
 pub const DEFAULT_REPLAYS_PER_USER: usize = 2;
+/// Default number of replays running at once (at most 64 MiB of frames at the default
+/// `replay_bytes`).
+pub const DEFAULT_MAX_REPLAYS: usize = 256;
 /// Default lifetime of tokens minted by `GET /dev/token`.
 pub const DEFAULT_DEV_TOKEN_TTL: Duration = Duration::from_secs(3600);
 
@@ -106,6 +109,9 @@ pub struct GatewayConfig {
     pub replay_reads: usize,
     /// Replays of one user running at once on the gateway; the user's next one waits.
     pub replays_per_user: usize,
+    /// Replays running at once on the gateway, whoever's (each holds up to `replay_bytes`
+    /// while its socket drains); the next one waits.
+    pub max_replays: usize,
     /// Bytes of history frames a replay (`join` with `since`, gap repair) queues before it
     /// waits for the socket to take them: the most a replay holds per connection.
     pub replay_bytes: usize,
@@ -153,6 +159,7 @@ impl GatewayConfig {
             replay_bytes: DEFAULT_REPLAY_BYTES,
             replay_reads: DEFAULT_REPLAY_READS,
             replays_per_user: DEFAULT_REPLAYS_PER_USER,
+            max_replays: DEFAULT_MAX_REPLAYS,
             token_notice: DEFAULT_TOKEN_NOTICE,
             token_grace: DEFAULT_TOKEN_GRACE,
             max_token_lifetime: None,
@@ -226,9 +233,9 @@ impl GatewayConfig {
                 self.replay_bytes, self.max_frame_bytes
             )));
         }
-        if self.replay_reads == 0 || self.replays_per_user == 0 {
+        if self.replay_reads == 0 || self.replays_per_user == 0 || self.max_replays == 0 {
             return Err(ConfigError(
-                "replay_reads and replays_per_user must be at least 1".into(),
+                "replay_reads, replays_per_user and max_replays must be at least 1".into(),
             ));
         }
         if self.max_connections == 0 || self.max_connections_per_user == 0 {

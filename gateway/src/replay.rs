@@ -8,7 +8,9 @@
 //! - **Per user**: at most `replays_per_user` replays of one user run at once on a gateway;
 //!   the user's next replay waits for one of them to end. A user who opens a hundred
 //!   connections and replays on all of them competes with the others as a few.
-//! - **Globally**: at most `replay_reads` history pages are read from the store at once. A
+//! - **Globally**: at most `max_replays` replays run at once on the gateway (each holds up to
+//!   `replay_bytes` of frames while its socket drains, so this bounds their memory), and at
+//!   most `replay_reads` history pages are read from the store at once. A
 //!   replay holds a read permit only while its page is read and turned into frames, never
 //!   while it waits for its socket, so a client that does not read holds none. The rest of
 //!   the store pool stays free for live traffic: joins, and the worker's writes when it
@@ -31,23 +33,27 @@ pub(crate) struct Replays {
     users: Mutex<HashMap<Arc<str>, Arc<Semaphore>>>,
     /// Places per user.
     per_user: usize,
+    /// Places for replays running at once, whoever's.
+    all: Arc<Semaphore>,
     /// Replays running (holding a place).
     running: AtomicUsize,
 }
 
 impl Replays {
-    /// At most `reads` pages read at once, and `per_user` replays of one user at once.
-    pub(crate) fn new(reads: usize, per_user: usize) -> Arc<Self> {
+    /// At most `reads` pages read at once, `per_user` replays of one user and `max` replays
+    /// in all at once.
+    pub(crate) fn new(reads: usize, per_user: usize, max: usize) -> Arc<Self> {
         Arc::new(Replays {
             reads: Semaphore::new(reads),
             users: Mutex::new(HashMap::new()),
             per_user,
+            all: Arc::new(Semaphore::new(max)),
             running: AtomicUsize::new(0),
         })
     }
 
-    /// Waits for a place for one replay of `user`; the place is held until the turn is
-    /// dropped.
+    /// Waits for a place for one replay of `user` (among the user's first, then among all);
+    /// the places are held until the turn is dropped.
     pub(crate) async fn turn(self: &Arc<Self>, user: &Arc<str>) -> ReplayTurn {
         let places = self
             .users
@@ -60,13 +66,23 @@ impl Replays {
             .acquire_owned()
             .await
             .unwrap_or_else(|_| unreachable!("replay places are never closed"));
-        self.running.fetch_add(1, Ordering::AcqRel);
-        ReplayTurn {
+        // The turn exists from here on: if the wait below is given up, its drop cleans up.
+        let mut turn = ReplayTurn {
             replays: self.clone(),
             user: user.clone(),
             places,
             permit: Some(permit),
-        }
+            global: None,
+        };
+        turn.global = Some(
+            self.all
+                .clone()
+                .acquire_owned()
+                .await
+                .unwrap_or_else(|_| unreachable!("replay places are never closed")),
+        );
+        self.running.fetch_add(1, Ordering::AcqRel);
+        turn
     }
 
     /// Waits for a permit to read one history page.
@@ -104,12 +120,16 @@ pub(crate) struct ReplayTurn {
     user: Arc<str>,
     places: Arc<Semaphore>,
     permit: Option<OwnedSemaphorePermit>,
+    /// The place among all replays; `None` while it is waited for.
+    global: Option<OwnedSemaphorePermit>,
 }
 
 impl Drop for ReplayTurn {
     fn drop(&mut self) {
+        if self.global.take().is_some() {
+            self.replays.running.fetch_sub(1, Ordering::AcqRel);
+        }
         drop(self.permit.take());
-        self.replays.running.fetch_sub(1, Ordering::AcqRel);
         let mut users = self.replays.users.lock();
         // Every running or waiting replay of the user holds a clone, taken under this lock:
         // the map's and this one are the last two, so nobody needs the entry any more.
@@ -126,7 +146,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_users_replays_wait_for_their_turn_and_others_do_not() {
-        let replays = Replays::new(4, 2);
+        let replays = Replays::new(4, 2, 8);
         let ann: Arc<str> = Arc::from("ann");
         let bob: Arc<str> = Arc::from("bob");
         let first = replays.turn(&ann).await;
@@ -146,11 +166,33 @@ mod tests {
 
     #[tokio::test]
     async fn page_reads_are_bounded() {
-        let replays = Replays::new(2, 8);
+        let replays = Replays::new(2, 8, 8);
         let a = replays.read().await;
         let _b = replays.read().await;
         assert!(replays.read().now_or_never().is_none());
         drop(a);
         assert!(replays.read().now_or_never().is_some());
+    }
+
+    #[tokio::test]
+    async fn replays_in_all_are_bounded_whoever_runs_them() {
+        let replays = Replays::new(4, 2, 2);
+        let users: Vec<Arc<str>> = ["a", "b", "c"].into_iter().map(Arc::from).collect();
+        let first = replays.turn(&users[0]).await;
+        let _second = replays.turn(&users[1]).await;
+        let mut third = Box::pin(replays.turn(&users[2]));
+        assert!((&mut third).now_or_never().is_none(), "two run at once");
+        assert_eq!(replays.running(), 2);
+        drop(first);
+        let third = third.await;
+        assert_eq!(replays.running(), 2);
+        drop(third);
+        // A turn given up while it waited leaves nothing behind.
+        let _blocker = replays.turn(&users[2]).await;
+        let mut waiting = Box::pin(replays.turn(&users[0]));
+        assert!((&mut waiting).now_or_never().is_none());
+        drop(waiting);
+        assert_eq!(replays.running(), 2);
+        assert_eq!(replays.users(), 2, "the given-up user is forgotten");
     }
 }

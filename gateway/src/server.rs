@@ -149,7 +149,11 @@ impl Gateway {
             Arc::from(broker.fanout.open().await?);
         let rooms = Arc::new(Rooms::new(subscription.clone()));
         let connections = Arc::new(ConnectionCounts::new(config.max_connections));
-        let replays = Replays::new(config.replay_reads, config.replays_per_user);
+        let replays = Replays::new(
+            config.replay_reads,
+            config.replays_per_user,
+            config.max_replays,
+        );
         let shared = Arc::new(GatewayState {
             config,
             verifier,

@@ -8,8 +8,9 @@ use clap::Args;
 use roomcast_gateway::auth::{AuthConfig, JwtAlgorithm, Minter, random_secret};
 use roomcast_gateway::config::{
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_USER, DEFAULT_MAX_DATA_DEPTH,
-    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_ROOMS_PER_CONNECTION, DEFAULT_OUTBOUND_QUEUE,
-    DEFAULT_REPLAY_BYTES, DEFAULT_REPLAY_READS, DEFAULT_REPLAYS_PER_USER, GatewayConfig,
+    DEFAULT_MAX_FRAME_BYTES, DEFAULT_MAX_REPLAYS, DEFAULT_MAX_ROOMS_PER_CONNECTION,
+    DEFAULT_OUTBOUND_QUEUE, DEFAULT_REPLAY_BYTES, DEFAULT_REPLAY_READS, DEFAULT_REPLAYS_PER_USER,
+    GatewayConfig,
 };
 use roomcast_gateway::limits::LimitsConfig;
 use std::net::SocketAddr;
@@ -177,6 +178,9 @@ pub struct GatewayArgs {
     /// Replays (joins with `since`, gap fills) of one user running at once.
     #[arg(long, env = "ROOMCAST_REPLAYS_PER_USER", default_value_t = DEFAULT_REPLAYS_PER_USER)]
     pub replays_per_user: usize,
+    /// Replays running at once on the gateway, whoever's.
+    #[arg(long, env = "ROOMCAST_MAX_REPLAYS", default_value_t = DEFAULT_MAX_REPLAYS)]
+    pub max_replays: usize,
     /// Deepest nesting of arrays and objects in a publish's `data` (at most 100).
     #[arg(long, env = "ROOMCAST_MAX_DATA_DEPTH", default_value_t = DEFAULT_MAX_DATA_DEPTH)]
     pub max_data_depth: usize,
@@ -243,6 +247,7 @@ impl GatewayArgs {
         config.max_data_depth = self.max_data_depth;
         config.replay_reads = self.replay_reads;
         config.replays_per_user = self.replays_per_user;
+        config.max_replays = self.max_replays;
         config.write_timeout = self.write_timeout;
         config.replay_bytes = self.replay_bytes;
         config.token_notice = self.token_notice;
