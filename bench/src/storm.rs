@@ -197,15 +197,9 @@ async fn open(endpoint: &Endpoint, sub: &str, client: &ClientConfig) -> Result<W
     Ok(connect(endpoint, None, sub, Some(&token), client).await?)
 }
 
-fn join_frame(room: &str, since: Option<u64>) -> String {
-    match since {
-        Some(since) => format!(r#"{{"type":"join","room":"{room}","since":{since}}}"#),
-        None => format!(r#"{{"type":"join","room":"{room}"}}"#),
-    }
-}
-
-fn publish_frame(room: &str, id: &str, data: &str) -> String {
-    format!(r#"{{"type":"publish","id":"{id}","room":"{room}","event":"e","data":{data}}}"#)
+/// The frame that joins `room` from its first message (`since=0`).
+fn replay_frame(room: &str) -> String {
+    format!(r#"{{"type":"join","room":"{room}","since":0}}"#)
 }
 
 /// The next text frame as JSON.
@@ -232,14 +226,14 @@ async fn seed(
     data: &str,
 ) -> Result<(), ScenarioError> {
     let mut ws = open(endpoint, &format!("seeder-{room}"), &params.client).await?;
-    ws.send(Message::text(join_frame(room, None)))
+    ws.send(Message::text(Target::Roomcast.join_frame(room)))
         .await
         .map_err(fail)?;
     let mut sent = 0;
     let mut acked = 0;
     while acked < count {
         while sent < count && sent - acked < 64 {
-            let frame = publish_frame(room, &format!("seed-{sent}"), data);
+            let frame = Target::Roomcast.publish_frame(room, "seed", sent as u64, data);
             ws.send(Message::text(frame)).await.map_err(fail)?;
             sent += 1;
         }
@@ -326,7 +320,7 @@ async fn storm_connection(
     while !stop.is_cancelled() {
         if let Ok(mut ws) = open(endpoint, sub, client).await {
             opened += 1;
-            let _ = ws.send(Message::text(join_frame(room, Some(0)))).await;
+            let _ = ws.send(Message::text(replay_frame(room))).await;
             tokio::select! {
                 () = tokio::time::sleep(hold) => {}
                 () = stop.cancelled() => {}
@@ -350,7 +344,7 @@ async fn probe_publishes(
 ) -> Result<(Histogram<u64>, u64, Errors), ScenarioError> {
     let room = format!("probe-{tag}");
     let mut ws = open(endpoint, "probe-publisher", &params.client).await?;
-    ws.send(Message::text(join_frame(&room, None)))
+    ws.send(Message::text(Target::Roomcast.join_frame(&room)))
         .await
         .map_err(fail)?;
     let mut histogram = new_histogram();
@@ -366,10 +360,10 @@ async fn probe_publishes(
         tokio::select! {
             _ = every.tick(), if !stop.is_cancelled() => {
                 // Ids are unique per user across rooms: `(from, id)` identifies an event.
-                let id = format!("{room}-{index}");
+                sent.insert(format!("{room}-{index}"), Instant::now());
+                let frame = Target::Roomcast.publish_frame(&room, &room, index, "0");
                 index += 1;
-                sent.insert(id.clone(), Instant::now());
-                ws.send(Message::text(publish_frame(&room, &id, "0"))).await.map_err(fail)?;
+                ws.send(Message::text(frame)).await.map_err(fail)?;
             }
             () = stop.cancelled(), if !stop.is_cancelled() => {
                 deadline.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(1));
@@ -427,7 +421,7 @@ async fn probe_joins(
     let last = params.small_history as u64;
     while !stop.is_cancelled() {
         let started = Instant::now();
-        ws.send(Message::text(join_frame(small, Some(0))))
+        ws.send(Message::text(replay_frame(small)))
             .await
             .map_err(fail)?;
         let done = tokio::time::timeout(Duration::from_secs(30), async {

@@ -14,6 +14,7 @@ use axum::extract::ConnectInfo;
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use nix::sys::resource::{Resource, getrlimit, setrlimit};
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
@@ -148,37 +149,21 @@ fn accept_slots(max_connections: usize, descriptors: Option<u64>) -> usize {
     wanted.min(room)
 }
 
-/// The process's soft limit on open files, where the platform has one.
+/// The process's soft limit on open files, if it can be read.
 fn descriptor_limit() -> Option<u64> {
-    #[cfg(unix)]
-    {
-        use nix::sys::resource::{Resource, getrlimit};
-        getrlimit(Resource::RLIMIT_NOFILE)
-            .ok()
-            .map(|(soft, _)| soft)
-    }
-    #[cfg(not(unix))]
-    {
-        None
-    }
+    getrlimit(Resource::RLIMIT_NOFILE)
+        .ok()
+        .map(|(soft, _)| soft)
 }
 
 /// Raises the process's soft limit on open files to its hard limit, and returns the soft limit
 /// then in force. Binaries call it at start, before serving.
 pub fn raise_descriptor_limit() -> Option<u64> {
-    #[cfg(unix)]
-    {
-        use nix::sys::resource::{Resource, getrlimit, setrlimit};
-        let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
-        if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
-            return Some(hard);
-        }
-        Some(soft)
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).ok()?;
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        return Some(hard);
     }
-    #[cfg(not(unix))]
-    {
-        None
-    }
+    Some(soft)
 }
 
 /// Errors of one connection that the accept loop skips without a pause.

@@ -328,12 +328,7 @@ async fn a_users_replays_take_turns_while_other_users_go_ahead() {
     let mut publisher = app.client("publisher").await;
     publisher.join(&big).await;
     publisher.join(&small).await;
-    let ids: Vec<String> = (0..200).map(|n| format!("h{n}")).collect();
-    for chunk in ids.chunks(20) {
-        publisher
-            .publish_all(&big, chunk, json!("y".repeat(60 * 1024)))
-            .await;
-    }
+    publisher.publish_long_history(&big).await;
     for n in 1..=3 {
         publisher
             .publish_acked(&format!("s{n}"), &small, json!(n))

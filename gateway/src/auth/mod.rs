@@ -305,13 +305,6 @@ impl IntoResponse for AuthError {
     }
 }
 
-/// Seconds since the Unix epoch (0 if the clock is before 1970).
-fn unix_now() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |elapsed| elapsed.as_secs())
-}
-
 /// Configuration that cannot work.
 #[derive(Debug, Clone, PartialEq, Eq, Error)]
 #[error("invalid auth configuration: {0}")]

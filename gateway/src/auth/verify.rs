@@ -183,7 +183,9 @@ impl Verifier {
         };
         // A token cannot be issued in the future: an `iat` ahead of the clock would also
         // shorten its apparent lifetime (`exp` − `iat`) under a configured maximum.
-        if iat.is_some_and(|iat| iat > unix_now().saturating_add(inner.validation.leeway)) {
+        if iat.is_some_and(|iat| {
+            iat > (roomcast_schemas::now_ms() / 1000).saturating_add(inner.validation.leeway)
+        }) {
             return Err(AuthError::TokenNotYetValid);
         }
         Ok(Claims {

@@ -415,6 +415,17 @@ impl Client {
         }
     }
 
+    /// Publishes 200 events of 60 KiB into `room` (joined), 20 in flight at once, each acked:
+    /// far more history than the socket buffers of both ends hold.
+    pub(crate) async fn publish_long_history(&mut self, room: &str) {
+        let payload = json!("y".repeat(60 * 1024));
+        let ids: Vec<String> = (0..200).map(|n| format!("h{n}")).collect();
+        for chunk in ids.chunks(20) {
+            let answers = self.publish_all(room, chunk, payload.clone()).await;
+            assert!(answers.iter().all(|a| matches!(a, ServerFrame::Ack { .. })));
+        }
+    }
+
     /// Sends a publish frame.
     pub(crate) async fn publish(&mut self, id: &str, room: &str, data: Value) {
         let frame = publish_frame(id, room, &data);
